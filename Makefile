@@ -1,0 +1,59 @@
+# The project's commands. A fresh machine needs only Python 3.11 and make:
+#   make serve   create the venv, install, train the models the store lacks, serve on 127.0.0.1:3000
+#   make test    create the venv, install, run the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+
+# No usage analytics from anything this project starts.
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: help install train serve test test-fast lint format constraints clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+# The venv is rebuilt when the declared or pinned dependencies change.
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed ## create the venv and install the project with its dev tools
+
+train: install ## train and save every model (again)
+	$(BIN)/python train.py
+
+serve: install ## train missing models, then serve on http://$(HOST):$(PORT)
+	$(BIN)/python train.py --if-missing
+	$(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
+
+test: install ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+test-fast: install ## the suite without the slow tests
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## ruff: fix what can be fixed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+constraints: ## re-pin every dependency to what a fresh install resolves today
+	rm -rf $(VENV)-pin && $(PYTHON) -m venv $(VENV)-pin
+	$(VENV)-pin/bin/pip install --quiet --editable '.[dev]'
+	$(VENV)-pin/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+	rm -rf $(VENV)-pin
+
+clean: ## remove the venv and caches (not the model store)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

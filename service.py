@@ -1,0 +1,84 @@
+"""The BentoML services: where a request enters and where the models run.
+
+    ModelAPI     the API service (entry point): HTTP routes, validation, response shaping.
+                 It holds no model; it calls the runner through `bentoml.depends`.
+    ModelRunner  the runner: loads every model of the catalog from the model store and serves
+                 one batched predict API per model, so BentoML's adaptive batching merges
+                 concurrent requests for the same model into one model call.
+
+Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: tabserve/settings.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+import bentoml
+import numpy as np
+
+from tabserve.app import create_app
+from tabserve.catalog import MODELS
+from tabserve.dataplane import DataPlane, runner_api_name
+from tabserve.inference import LoadedModel, Row
+from tabserve.settings import get_settings
+
+settings = get_settings()
+
+
+def _model_attribute(model_name: str) -> str:
+    return f"{model_name}_model"
+
+
+class ModelRunner:
+    """All models in one process: each gets its own batch queue, and they share the memory
+    and the start-up cost of one Python process (one process per model would cost ~150 MB each
+    on a 2-core pod for no gain: the models are small and CPU-bound)."""
+
+    def __init__(self) -> None:
+        self.loaded = {
+            name: LoadedModel(spec, getattr(self, _model_attribute(name)), settings.model_threads)
+            for name, spec in MODELS.items()
+        }
+
+    @bentoml.api
+    def describe(self) -> list[dict]:
+        """The loaded models: name, resolved tag, framework, metadata."""
+        return [vars(model.info) for model in self.loaded.values()]
+
+
+def _batched_predict(model_name: str) -> bentoml.api:
+    def predict(self: ModelRunner, rows: list[Row]) -> np.ndarray:
+        return self.loaded[model_name].predict_proba(rows)
+
+    predict.__name__ = runner_api_name(model_name)
+    return bentoml.api(
+        batchable=True,
+        max_batch_size=settings.batch_max_size,
+        max_latency_ms=settings.batch_max_latency_ms,
+    )(predict)
+
+
+# The catalog decides which models exist: one store reference and one batched API per model.
+for _name in MODELS:
+    setattr(
+        ModelRunner, _model_attribute(_name), bentoml.models.BentoModel(settings.tag_for(_name))
+    )
+    setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
+
+ModelRunner = bentoml.service(name="model_runner", workers=settings.runner_workers)(ModelRunner)
+
+
+@bentoml.asgi_app(create_app(), path="/")
+@bentoml.service(name="tabserve", workers=settings.api_workers)
+class ModelAPI:
+    runner = bentoml.depends(ModelRunner)
+
+    def __init__(self) -> None:
+        # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
+        self.dataplane = DataPlane(self.runner.to_async)
+
+    async def __is_ready__(self) -> bool:
+        """/readyz: ready once the runner answers with every model of the catalog loaded."""
+        return await self.dataplane.ready()

@@ -1,0 +1,81 @@
+"""The HTTP application of the API service: routers, the error table, the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tabserve import __version__
+from tabserve.catalog import MODELS
+from tabserve.errors import InvalidInput, ServingError
+from tabserve.protocols import v1
+from tabserve.schemas import ErrorResponse, request_model
+
+logger = logging.getLogger(__name__)
+
+
+async def _serving_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServingError)
+    return JSONResponse(error.to_response().model_dump(), status_code=error.status)
+
+
+async def _request_validation_error(_: Request, error: Exception) -> JSONResponse:
+    """FastAPI's own checks (path and query parameters), in our error shape."""
+    assert isinstance(error, RequestValidationError)
+    return await _serving_error(_, InvalidInput.from_issues(error.errors()))
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    """Starlette's 404/405 and friends, in our error shape."""
+    assert isinstance(error, HTTPException)
+    body = ErrorResponse(error=str(error.detail)).model_dump()
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+async def _unexpected_error(request: Request, _: Exception) -> JSONResponse:
+    # A bug, not the caller's fault: the traceback goes to the log, never to the caller.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = ErrorResponse(error="internal error; see the server log").model_dump()
+    return JSONResponse(body, status_code=500)
+
+
+def _openapi_with_request_schemas(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the per-model request schemas the predict routes refer to."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name in MODELS:
+            model = request_model(name)
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="tabserve",
+        version=__version__,
+        description="Scikit-learn and XGBoost models served by BentoML. "
+        'Errors are JSON: `{"error": ..., "details": [{"field": ..., "reason": ...}]}`.',
+        # BentoML serves its own UI at / and /docs.json; ours live under /v1.
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
+    app.include_router(v1.router)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.openapi = lambda: _openapi_with_request_schemas(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,101 @@
+"""The data plane: validated request in, model answer out, whatever protocol carried it.
+
+Every protocol front end (the V1 REST routes, later the Open Inference Protocol and TabPy) calls
+this one object, so validation, the runner call and the response shape exist once.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
+
+from tabserve.catalog import MODELS, ModelSpec
+from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ModelUnavailable
+from tabserve.inference import ModelInfo, Row
+from tabserve.schemas import Prediction, PredictResponse, request_model
+
+
+def runner_api_name(model_name: str) -> str:
+    """The runner's batched API for one model."""
+    return f"predict_{model_name}"
+
+
+class DataPlane:
+    def __init__(self, runner: Any) -> None:
+        # `runner`: awaitable calls to service.ModelRunner (its dependency proxy's `to_async`).
+        self._runner = runner
+        self._infos: dict[str, ModelInfo] | None = None
+
+    # --- model registry ---------------------------------------------------------------------
+    async def model_infos(self) -> dict[str, ModelInfo]:
+        """What the runner loaded (tags resolved to versions), asked once and then cached."""
+        if self._infos is None:
+            try:
+                described = await self._runner.describe()
+            except BentoMLException as error:
+                raise ModelUnavailable(f"the model runner is not available: {error}") from error
+            self._infos = {item["name"]: ModelInfo(**item) for item in described}
+        return self._infos
+
+    async def ready(self) -> bool:
+        try:
+            infos = await self.model_infos()
+        except ModelUnavailable:
+            return False
+        return set(infos) == set(MODELS)
+
+    def spec(self, model_name: str) -> ModelSpec:
+        try:
+            return MODELS[model_name]
+        except KeyError:
+            raise ModelNotFound(
+                f"unknown model {model_name!r}; available: {', '.join(MODELS)}"
+            ) from None
+
+    async def model_info(self, model_name: str) -> ModelInfo:
+        self.spec(model_name)
+        return (await self.model_infos())[model_name]
+
+    # --- prediction -------------------------------------------------------------------------
+    def parse_rows(self, model_name: str, body: bytes) -> list[Row]:
+        """JSON body -> rows in feature order, or a 400/422 naming the field and the reason."""
+        spec = self.spec(model_name)
+        try:
+            request = request_model(model_name).model_validate_json(body)
+        except ValidationError as error:
+            if any(issue["type"] == "json_invalid" for issue in error.errors()):
+                raise MalformedRequest(
+                    f"request body is not valid JSON: {error.errors()[0]['msg']}"
+                ) from None
+            raise InvalidInput.from_issues(error.errors(include_url=False)) from None
+        names = spec.feature_names
+        return [[getattr(instance, name) for name in names] for instance in request.instances]
+
+    async def predict_rows(self, model_name: str, rows: list[Row]) -> PredictResponse:
+        spec = self.spec(model_name)
+        info = await self.model_info(model_name)
+        try:
+            probabilities = await getattr(self._runner, runner_api_name(model_name))(rows)
+        except BentoMLException as error:
+            if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+                raise ModelUnavailable("the model runner is overloaded; retry shortly") from error
+            raise
+        return PredictResponse(predictions=_predictions(spec, probabilities), model=info.tag)
+
+    async def predict(self, model_name: str, body: bytes) -> PredictResponse:
+        return await self.predict_rows(model_name, self.parse_rows(model_name, body))
+
+
+def _predictions(spec: ModelSpec, probabilities: np.ndarray) -> list[Prediction]:
+    classes = spec.class_names
+    best = np.asarray(probabilities).argmax(axis=1)
+    return [
+        Prediction(
+            label=classes[index], probabilities=dict(zip(classes, row.tolist(), strict=True))
+        )
+        for index, row in zip(best, probabilities, strict=True)
+    ]

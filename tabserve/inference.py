@@ -1,0 +1,64 @@
+"""Load a model from the BentoML store and turn rows into class probabilities.
+
+This is the only module that knows how each framework stores and predicts; the runner service
+calls it and nothing else touches a model object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+import xgboost
+
+from tabserve.catalog import ModelSpec
+from tabserve.training import XGBOOST_MODEL_FILE
+
+# A row is one instance's feature values in the spec's feature order; None = not given.
+Row = list[Any]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the API tells callers about a loaded model."""
+
+    name: str
+    tag: str
+    framework: str
+    metadata: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "tag": self.tag, "framework": self.framework, **self.metadata}
+
+
+class LoadedModel:
+    def __init__(self, spec: ModelSpec, stored: bentoml.Model, threads: int) -> None:
+        self.spec = spec
+        self.info = ModelInfo(
+            name=spec.name,
+            tag=str(stored.tag),
+            framework=spec.framework,
+            metadata=dict(stored.info.metadata),
+        )
+        if spec.framework == "xgboost":
+            self._booster = xgboost.Booster(model_file=stored.path_of(XGBOOST_MODEL_FILE))
+            # One OpenMP pool per process fighting another for the same cores costs far more
+            # than it gives; the thread count follows the CPU share (Settings.model_threads).
+            self._booster.set_param({"nthread": threads})
+        else:
+            self._pipeline = bentoml.sklearn.load_model(stored)
+        self._float_columns = [f.name for f in spec.features if f.is_numeric]
+
+    def predict_proba(self, rows: list[Row]) -> np.ndarray:
+        """(n, classes) probabilities, columns in `spec.class_names` order."""
+        if self.spec.framework == "xgboost":
+            matrix = np.asarray(rows, dtype=np.float32)
+            positive = self._booster.inplace_predict(matrix)
+            return np.column_stack([1.0 - positive, positive])
+        frame = pd.DataFrame(rows, columns=self.spec.feature_names)
+        # None -> NaN and booleans -> 0/1, so the pipeline's imputers and scalers see floats.
+        frame[self._float_columns] = frame[self._float_columns].astype("float64")
+        return self._pipeline.predict_proba(frame)

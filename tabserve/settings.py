@@ -1,0 +1,63 @@
+"""Every runtime knob of the service, in one typed object.
+
+Each field can be overridden by an environment variable named ``TABSERVE_<FIELD>`` (upper case),
+e.g. ``TABSERVE_MAX_INSTANCES=500``. Model tags are overridden per model with
+``TABSERVE_MODEL_TAGS='{"churn": "churn:3x7k2..."}'`` (JSON); unnamed models use ``<name>:latest``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TABSERVE_", frozen=True)
+
+    # --- request limits -------------------------------------------------------------------
+    max_instances: int = Field(
+        1000, ge=1, description="Most instances (rows) accepted in one predict request."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
+    )
+    max_text_chars: int = Field(
+        5000, ge=1, description="Longest text accepted in a free-text feature."
+    )
+
+    # --- model store ------------------------------------------------------------------------
+    model_tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model name -> BentoML model tag. Unlisted models use '<name>:latest'.",
+    )
+
+    # --- processes and threads ----------------------------------------------------------------
+    api_workers: int = Field(1, ge=1, description="Worker processes of the API service.")
+    runner_workers: int = Field(1, ge=1, description="Worker processes of the model runner.")
+    model_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads one model call may use (XGBoost nthread). Keep workers x threads "
+        "within the CPU limit: oversubscribed OpenMP threads cost more than they give.",
+    )
+
+    # --- adaptive batching (the runner's batched predict APIs) ----------------------------------
+    batch_max_size: int = Field(
+        1000, ge=1, description="Most rows the runner merges into one model call."
+    )
+    batch_max_latency_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest a request may wait in the runner's queue before it is refused "
+        "with 503 (BentoML's max_latency_ms).",
+    )
+
+    def tag_for(self, model_name: str) -> str:
+        return self.model_tags.get(model_name, f"{model_name}:latest")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
