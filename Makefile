@@ -13,7 +13,7 @@ PORT   ?= 3000
 # No usage analytics from anything this project starts.
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help install train serve test test-fast lint format constraints clean
+.PHONY: help install system-deps train serve test test-fast lint format constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed ## create the venv and install the project with its dev tools
 
+system-deps: ## install the Debian packages the tests need (scripts/system-packages.txt)
+	bash scripts/install-system-packages.sh
+
 train: install ## train and save every model (again)
 	$(BIN)/python train.py
 
@@ -35,10 +38,10 @@ serve: install ## train missing models, then serve on http://$(HOST):$(PORT)
 	$(BIN)/python train.py --if-missing
 	$(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
 
-test: install ## the whole test suite (what CI runs)
+test: install system-deps ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
 
-test-fast: install ## the suite without the slow tests
+test-fast: install system-deps ## the suite without the slow tests
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install ## ruff: lint and format check
