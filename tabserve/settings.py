@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         ge=1,
         description="Longest a request may wait in the runner's queue before it is refused "
         "with 503 (BentoML's max_latency_ms).",
+    )
+
+    # --- access ---------------------------------------------------------------------------------
+    api_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token required on the prediction routes (REST, gRPC, TabPy); unset = "
+        "open. Probes, /metrics and the web page's static assets never need it. At least 16 "
+        "characters, so an empty or placeholder Secret fails at start-up instead of opening the API.",
     )
 
     def tag_for(self, model_name: str) -> str:
