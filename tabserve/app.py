@@ -12,10 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tabserve import __version__
+from tabserve.auth import BearerTokenMiddleware
 from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput, ServingError
-from tabserve.protocols import v1
+from tabserve.protocols import tabpy, v1
 from tabserve.schemas import ErrorResponse, request_model
+from tabserve.web import mount_ui
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(v1.router)
+    app.include_router(tabpy.router)
+    mount_ui(app)
+    app.add_middleware(BearerTokenMiddleware)  # no-op unless TABSERVE_API_TOKEN is set
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_error)

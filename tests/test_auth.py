@@ -1,0 +1,120 @@
+"""Optional bearer-token authentication, against a real `bentoml serve` started with a token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from tabserve.auth import token_is_valid
+from tabserve.catalog import MODELS
+from tabserve.settings import Settings, get_settings
+from tests.server import ServerProcess
+
+TOKEN = "test-token-0123456789abcdef"
+PREDICT = "/v1/models/iris:predict"
+BODY = {"instances": [MODELS["iris"].example_instance()]}
+
+
+@pytest.fixture(scope="module")
+def client(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    log = tmp_path_factory.mktemp("auth") / "bentoml-serve.log"
+    with (
+        ServerProcess.start(log, env={"TABSERVE_API_TOKEN": TOKEN}) as server,
+        httpx.Client(base_url=server.url, timeout=30) as session,
+    ):
+        yield session
+
+
+def _assert_refused(response: httpx.Response, reason: str) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    body = response.json()
+    assert body["error"] == "authentication required"
+    assert body["details"] == [{"field": "Authorization", "reason": reason}]
+
+
+def test_predict_without_a_token_is_refused(client: httpx.Client) -> None:
+    _assert_refused(
+        client.post(PREDICT, json=BODY),
+        "missing Authorization header; send 'Authorization: Bearer <token>'",
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer wrong-token-0123456789abcdef",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+        f"Basic {TOKEN}",
+        TOKEN,
+        "Bearer",
+    ],
+)
+def test_predict_with_a_wrong_token_is_refused(client: httpx.Client, header: str) -> None:
+    response = client.post(PREDICT, json=BODY, headers={"Authorization": header})
+    _assert_refused(response, "the bearer token is not valid")
+
+
+def test_every_model_route_needs_the_token(client: httpx.Client) -> None:
+    for path in ("/v1/models", "/v1/models/churn", "/v1/models/nosuchmodel:predict"):
+        response = client.get(path) if "predict" not in path else client.post(path, json=BODY)
+        assert response.status_code == 401, path
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_predict_with_the_token_answers(client: httpx.Client, scheme: str) -> None:
+    response = client.post(PREDICT, json=BODY, headers={"Authorization": f"{scheme} {TOKEN}"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_a_bad_request_with_the_token_still_gets_its_own_error(client: httpx.Client) -> None:
+    response = client.post(
+        PREDICT, json={"instances": [{}]}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/v1/docs", "/v1/openapi.json"])
+def test_probes_metrics_and_docs_are_open(client: httpx.Client, path: str) -> None:
+    assert client.get(path).status_code == 200
+
+
+def test_metrics_show_the_refused_requests(client: httpx.Client) -> None:
+    client.post(PREDICT, json=BODY)
+    metrics = client.get("/metrics").text
+    assert 'http_response_code="401"' in metrics
+
+
+@pytest.mark.parametrize("token", ["", "short", "x" * 15])
+def test_a_short_or_empty_token_is_refused_at_start_up(token: str) -> None:
+    with pytest.raises(ValidationError, match="api_token"):
+        Settings(api_token=token)
+
+
+def test_token_check_is_open_when_no_token_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TABSERVE_API_TOKEN", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert token_is_valid(None)
+        assert token_is_valid("Bearer anything")
+    finally:
+        get_settings.cache_clear()
+
+
+def test_token_check_compares_the_whole_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TABSERVE_API_TOKEN", TOKEN)
+    get_settings.cache_clear()
+    try:
+        assert token_is_valid(f"Bearer {TOKEN}")
+        assert token_is_valid(f"  bearer   {TOKEN}  ")
+        assert not token_is_valid(None)
+        assert not token_is_valid("")
+        assert not token_is_valid(f"Bearer {TOKEN[:8]}")
+    finally:
+        get_settings.cache_clear()
