@@ -3,6 +3,7 @@
 GET  /v1/models                  every model: tag, metrics, input schema
 GET  /v1/models/{name}           one model
 POST /v1/models/{name}:predict   {"instances": [{feature: value, ...}, ...]}
+GET  /v1/models/{name}:predict?feature=value&...   one instance, for the simplest clients
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane
+from tabserve.errors import InvalidInput
+from tabserve.instances import instance_from_text, validate_instances
 from tabserve.protocols.http import dataplane, read_json_body
-from tabserve.schemas import ErrorResponse, PredictResponse, request_model
+from tabserve.schemas import ErrorDetail, ErrorResponse, PredictResponse, request_model
 
 
 class ModelNameConvertor(StringConvertor):
@@ -91,3 +94,27 @@ for _name, _spec in MODELS.items():
 @router.post("/models/{model_name:model_name}:predict", include_in_schema=False)
 async def predict_unknown_model(model_name: str, plane: Plane) -> None:
     plane.spec(model_name)  # raises ModelNotFound: every known model has its own route above
+
+
+@router.get(
+    "/models/{model_name:model_name}:predict",
+    summary="Predict one instance given as query parameters",
+    description="`?feature=value&...`: each value is read by its feature's kind (numbers, "
+    "integers, true/false, category names, text), then checked exactly as the POST route checks "
+    "a JSON instance; errors name `instances[0].<feature>`. An empty value means not given.",
+    responses=_ERRORS,
+)
+async def predict_from_query(model_name: str, request: Request, plane: Plane) -> PredictResponse:
+    plane.spec(model_name)
+    parameters = request.query_params
+    repeated = sorted({name for name in parameters if len(parameters.getlist(name)) > 1})
+    if repeated:
+        raise InvalidInput(
+            f"query parameters given more than once: {', '.join(repeated)}",
+            [
+                ErrorDetail(field=f"instances[0].{name}", reason="given more than once")
+                for name in repeated
+            ],
+        )
+    instance = instance_from_text(model_name, dict(parameters))
+    return await plane.predict_rows(model_name, validate_instances(model_name, [instance]))

@@ -1,0 +1,95 @@
+"""Instances that arrive as text or as loose Python values, checked by the model's own schema.
+
+The V1 JSON route hands its body straight to the data plane. Other front ends (query strings,
+CSV cells, TabPy's column lists) first turn their wire format into instances (feature -> value
+dicts) and then validate them here, with the same pydantic request model, so every door applies
+the same rules and names a bad value the same way (`instances[i].<feature>`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from tabserve.catalog import MODELS
+from tabserve.errors import InvalidInput
+from tabserve.features import Feature, Kind
+from tabserve.inference import Row
+from tabserve.schemas import request_model
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def parse_text(feature: Feature, text: str) -> Any:
+    """A query-string or CSV value -> the JSON type its feature's kind expects.
+
+    Text that does not parse is returned unchanged, so the schema rejects it with its usual
+    reason ("Input should be a valid integer"), instead of a second set of messages here.
+    """
+    text = text.strip() if feature.kind is not Kind.TEXT else text
+    match feature.kind:
+        case Kind.NUMBER:
+            return _float_or_text(text)
+        case Kind.INTEGER:
+            try:
+                return int(text)
+            except ValueError:
+                return _whole_number(_float_or_text(text))
+        case Kind.BOOLEAN:
+            lowered = text.lower()
+            return True if lowered in _TRUE else False if lowered in _FALSE else text
+    return text
+
+
+def _float_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _whole_number(value: Any) -> Any:
+    """8.0 -> 8: spreadsheets and pandas write whole numbers as floats."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def loosen(feature: Feature, value: Any) -> Any:
+    """A JSON value from a tool that does not keep integer and boolean types apart (Tableau
+    sends SUM([Calls]) as 8.0 and a 0/1 flag as a number) -> the type the schema expects."""
+    if feature.kind is Kind.INTEGER:
+        return _whole_number(value)
+    if feature.kind is Kind.BOOLEAN and type(value) in (int, float) and value in (0, 1):
+        return bool(value)
+    return value
+
+
+def instance_from_text(model_name: str, cells: Mapping[str, str]) -> dict[str, Any]:
+    """Named text values (a CSV record, query parameters) -> an instance. An empty value means
+    "not given" (imputed when the feature is optional); names that are not features are kept, so
+    the schema reports them."""
+    features = {feature.name: feature for feature in MODELS[model_name].features}
+    instance: dict[str, Any] = {}
+    for name, text in cells.items():
+        feature = features.get(name)
+        if feature is None:
+            instance[name] = text
+        elif text.strip():
+            instance[name] = parse_text(feature, text)
+    return instance
+
+
+def validate_instances(model_name: str, instances: list[dict[str, Any]]) -> list[Row]:
+    """Instances -> rows in the model's feature order, or InvalidInput naming each bad field as
+    the V1 route does (`instances[3].age: Input should be less than or equal to 120`)."""
+    try:
+        request = request_model(model_name).model_validate({"instances": instances})
+    except ValidationError as error:
+        raise InvalidInput.from_issues(error.errors(include_url=False)) from None
+    names = MODELS[model_name].feature_names
+    return [[getattr(instance, name) for name in names] for instance in request.instances]
