@@ -67,7 +67,14 @@ for _name in MODELS:
     )
     setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
 
-ModelRunner = bentoml.service(name="model_runner", workers=settings.runner_workers)(ModelRunner)
+ModelRunner = bentoml.service(
+    name="model_runner",
+    workers=settings.runner_workers,
+    # BentoML 1.4.30+ renews the API->runner HTTP session every 100 requests or 300 s and closes
+    # the old one while concurrent calls still use it ("Connector is closed" -> 500s under load;
+    # bentoml/BentoML#5544). Runner and API share a pod: nothing to rotate, so never renew.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
+)(ModelRunner)
 
 
 @bentoml.asgi_app(create_app(), path="/")

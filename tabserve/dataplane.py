@@ -9,6 +9,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
@@ -17,6 +18,10 @@ from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ModelUnavailable
 from tabserve.inference import ModelInfo, Row
 from tabserve.schemas import Prediction, PredictResponse, request_model
+
+
+# Extra attempts after a connection-level failure calling the runner (see DataPlane._call_runner).
+RUNNER_CONNECTION_RETRIES = 3
 
 
 def runner_api_name(model_name: str) -> str:
@@ -79,12 +84,28 @@ class DataPlane:
         spec = self.spec(model_name)
         info = await self.model_info(model_name)
         try:
-            probabilities = await getattr(self._runner, runner_api_name(model_name))(rows)
+            probabilities = await self._call_runner(runner_api_name(model_name), rows)
         except BentoMLException as error:
             if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 raise ModelUnavailable("the model runner is overloaded; retry shortly") from error
             raise
         return PredictResponse(predictions=_predictions(spec, probabilities), model=info.tag)
+
+    async def _call_runner(self, api_name: str, rows: list[Row]) -> np.ndarray:
+        """Call a runner API, retrying when a pooled connection broke before an answer came.
+
+        BentoML's API->runner client keeps idle connections for 15 s, the runner's server closes
+        them after 5 s, so a request can be written into a connection the runner is closing
+        ("Broken pipe", bentoml/BentoML#4971). The broken connection leaves the pool; the next
+        attempt takes another. Prediction has no side effects, so retrying is safe.
+        """
+        call = getattr(self._runner, api_name)
+        for _ in range(RUNNER_CONNECTION_RETRIES):
+            try:
+                return await call(rows)
+            except aiohttp.ClientConnectionError:
+                continue
+        return await call(rows)
 
     async def predict(self, model_name: str, body: bytes) -> PredictResponse:
         return await self.predict_rows(model_name, self.parse_rows(model_name, body))

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most rows the runner merges into one model call."
     )
     batch_max_latency_ms: int = Field(
-        100,
+        1000,
         ge=1,
         description="Longest a request may wait in the runner's queue before it is refused "
         "with 503 (BentoML's max_latency_ms).",
