@@ -18,9 +18,11 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 import bentoml
 import numpy as np
 
+from tabserve import metrics
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
+from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
 from tabserve.inference import LoadedModel, Row
 from tabserve.settings import get_settings
 
@@ -37,10 +39,13 @@ class ModelRunner:
     on a 2-core pod for no gain: the models are small and CPU-bound)."""
 
     def __init__(self) -> None:
+        metrics.record_models_loading(MODELS)
         self.loaded = {
             name: LoadedModel(spec, getattr(self, _model_attribute(name)), settings.model_threads)
             for name, spec in MODELS.items()
         }
+        for model in self.loaded.values():
+            metrics.record_model_loaded(model.info)
 
     @bentoml.api
     def describe(self) -> list[dict]:
@@ -50,7 +55,8 @@ class ModelRunner:
 
 def _batched_predict(model_name: str) -> bentoml.api:
     def predict(self: ModelRunner, rows: list[Row]) -> np.ndarray:
-        return self.loaded[model_name].predict_proba(rows)
+        with metrics.inference_timer(model_name, len(rows)):
+            return self.loaded[model_name].predict_proba(rows)
 
     predict.__name__ = runner_api_name(model_name)
     return bentoml.api(
@@ -77,7 +83,14 @@ ModelRunner = bentoml.service(
 )(ModelRunner)
 
 
-@bentoml.asgi_app(create_app(), path="/")
+http_app = create_app()
+# BentoML labels its request metrics with the raw path: /metrics maps each to a bounded value.
+_endpoint_label = endpoint_labeller(
+    http_app.router.routes, [method.route for method in ModelRunner.apis.values()]
+)
+
+
+@bentoml.asgi_app(http_app, path="/")
 @bentoml.service(name="tabserve", workers=settings.api_workers)
 class ModelAPI:
     runner = bentoml.depends(ModelRunner)
@@ -89,3 +102,7 @@ class ModelAPI:
     async def __is_ready__(self) -> bool:
         """/readyz: ready once the runner answers with every model of the catalog loaded."""
         return await self.dataplane.ready()
+
+    def __metrics__(self, exposition: str) -> str:
+        """/metrics (every process's samples, merged by BentoML), endpoint labels bounded."""
+        return bound_endpoint_labels(exposition, _endpoint_label)

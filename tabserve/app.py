@@ -16,6 +16,7 @@ from tabserve import __version__
 from tabserve.auth import BearerTokenMiddleware
 from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput, ServingError
+from tabserve.http_metrics import RestMetricsMiddleware
 from tabserve.protocols import tabpy, v1
 from tabserve.schemas import ErrorResponse, request_model
 from tabserve.web import mount_ui
@@ -92,4 +93,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unexpected_error)
     app.openapi = lambda: _openapi_with_request_schemas(app)  # type: ignore[method-assign]
+    # Added last, so outermost: it also counts what the other middleware answer (e.g. 401).
+    app.add_middleware(RestMetricsMiddleware, routes=app.router.routes)
     return app

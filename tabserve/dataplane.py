@@ -14,11 +14,11 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
+from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ModelUnavailable
 from tabserve.inference import ModelInfo, Row
 from tabserve.schemas import Prediction, PredictResponse, request_model
-
 
 # Extra attempts after a connection-level failure calling the runner (see DataPlane._call_runner).
 RUNNER_CONNECTION_RETRIES = 3
@@ -72,6 +72,7 @@ class DataPlane:
         try:
             request = request_model(model_name).model_validate_json(body)
         except ValidationError as error:
+            metrics.record_rejection(model_name, metrics.rejection_reason(error.errors()))
             if any(issue["type"] == "json_invalid" for issue in error.errors()):
                 raise MalformedRequest(
                     f"request body is not valid JSON: {error.errors()[0]['msg']}"
@@ -89,6 +90,7 @@ class DataPlane:
             if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 raise ModelUnavailable("the model runner is overloaded; retry shortly") from error
             raise
+        metrics.record_predictions(spec, info.tag, probabilities)
         return PredictResponse(predictions=_predictions(spec, probabilities), model=info.tag)
 
     async def _call_runner(self, api_name: str, rows: list[Row]) -> np.ndarray:

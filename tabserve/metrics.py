@@ -1,0 +1,202 @@
+"""Every Prometheus metric tabserve defines (prefix `tabserve_`), and the calls that record them.
+
+BentoML starts every worker of every service (API and model runner) with the same
+PROMETHEUS_MULTIPROC_DIR, so prometheus-client writes these samples to per-process files there
+and the service port's `/metrics` (BentoML's route) merges all of them: one scrape target per pod.
+Gauges therefore declare how processes combine (`multiprocess_mode`).
+
+Every label has a bounded set of values: model names come from the catalog (never from the
+request), reasons from pydantic's fixed list of error types or our error classes, routes from the
+route table (tabserve.http_metrics), HTTP methods from a fixed list.
+docs/observability.md is the reference for operators.
+"""
+
+from __future__ import annotations
+
+import time
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic_core import core_schema
+
+from tabserve.catalog import MODELS, ModelSpec
+from tabserve.inference import ModelInfo
+
+Protocol = Literal["rest", "grpc"]
+
+# A label value no request can produce: paths start with "/", model names are identifiers.
+UNKNOWN = "<unknown>"
+UNMATCHED_ROUTE = "<unmatched>"
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_PYDANTIC_ERROR_TYPES = frozenset(typing.get_args(core_schema.ErrorType))
+
+# Latencies from a sub-millisecond cached GET to a 1000-row batch on a busy 2-core pod.
+_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Scores are probabilities: 20 equal bins show a drifting distribution without many series.
+_SCORE_BUCKETS = tuple(round(step / 20, 2) for step in range(1, 21))
+# Rows per model call: powers of two up to the largest batch (Settings.batch_max_size, 1000).
+_ROW_BUCKETS = tuple(2.0**power for power in range(11))
+
+# --- protocol front ends ------------------------------------------------------------------------
+_REQUEST_LABELS = ("protocol", "route", "method", "code")
+REQUESTS = Counter(
+    "tabserve_requests_total",
+    "Requests answered by a protocol front end. REST: route template, HTTP method and status; "
+    "gRPC: route = service, method = RPC name, code = gRPC status name.",
+    _REQUEST_LABELS,
+)
+REQUEST_DURATION = Histogram(
+    "tabserve_request_duration_seconds",
+    "Time from receiving a request to sending its last byte, per protocol, route and code.",
+    _REQUEST_LABELS,
+    buckets=_LATENCY_BUCKETS_S,
+)
+REQUESTS_IN_PROGRESS = Gauge(
+    "tabserve_requests_in_progress",
+    "Requests being handled now, summed over the live API worker processes.",
+    ("protocol",),
+    multiprocess_mode="livesum",
+)
+
+# --- data plane (API service) ----------------------------------------------------------------
+PREDICTIONS = Counter(
+    "tabserve_predictions_total",
+    "Instances predicted, by model, model version and predicted class.",
+    ("model", "version", "class"),
+)
+PREDICTION_SCORE = Histogram(
+    "tabserve_prediction_score",
+    "Predicted probability per instance: of the positive class for binary models, of the "
+    "predicted class for multi-class ones. A shifting distribution is the first sign of drift.",
+    ("model",),
+    buckets=_SCORE_BUCKETS,
+)
+REJECTED_INPUTS = Counter(
+    "tabserve_rejected_inputs_total",
+    "Prediction requests refused before reaching a model, by model and reason (the pydantic "
+    "error type of the first problem, or the tabserve error class).",
+    ("model", "reason"),
+)
+
+# --- model runner -------------------------------------------------------------------------------
+INFERENCE_DURATION = Histogram(
+    "tabserve_inference_duration_seconds",
+    "Time of one model call in the runner (one adaptive batch).",
+    ("model",),
+    buckets=_LATENCY_BUCKETS_S,
+)
+INFERENCE_ROWS = Histogram(
+    "tabserve_inference_rows",
+    "Rows in one model call in the runner: how much adaptive batching merged.",
+    ("model",),
+    buckets=_ROW_BUCKETS,
+)
+MODEL_INFO = Gauge(
+    "tabserve_model_info",
+    "Always 1: the model a runner process loaded (tag, version, framework).",
+    ("model", "version", "tag", "framework"),
+    multiprocess_mode="livemax",
+)
+MODEL_TRAINING_SCORE = Gauge(
+    "tabserve_model_training_score",
+    "Hold-out metric measured at training time, from the model's store metadata.",
+    ("model", "version", "metric"),
+    multiprocess_mode="livemax",
+)
+MODEL_LOADED = Gauge(
+    "tabserve_model_loaded",
+    "1 once a live runner process has loaded the model, 0 while it is loading.",
+    ("model",),
+    multiprocess_mode="livemax",
+)
+
+
+def version_of(tag: str) -> str:
+    """'churn:abc123' -> 'abc123'."""
+    return tag.rpartition(":")[2]
+
+
+# --- recording: protocols -----------------------------------------------------------------------
+def http_method_label(method: str) -> str:
+    """Clients may send any token as an HTTP method; only the standard ones become labels."""
+    return method if method in _HTTP_METHODS else "OTHER"
+
+
+def record_request(
+    protocol: Protocol, route: str, method: str, code: int | str, seconds: float
+) -> None:
+    """One answered request. gRPC callers pass the service as `route`, the RPC name as `method`
+    and the status name (`grpc.StatusCode.X.name`) as `code`."""
+    labels = (protocol, route, method, str(code))
+    REQUESTS.labels(*labels).inc()
+    REQUEST_DURATION.labels(*labels).observe(seconds)
+
+
+@contextmanager
+def requests_in_progress(protocol: Protocol) -> Iterator[None]:
+    with REQUESTS_IN_PROGRESS.labels(protocol).track_inprogress():
+        yield
+
+
+# --- recording: data plane ----------------------------------------------------------------------
+def model_label(model_name: str) -> str:
+    """Callers choose the model name in the URL: only catalog names become label values."""
+    return model_name if model_name in MODELS else UNKNOWN
+
+
+def rejection_reason(issues: Sequence[Mapping[str, Any]]) -> str:
+    """The pydantic error type of the first problem, e.g. 'missing' or 'less_than_equal'."""
+    kind = issues[0]["type"] if issues else "other"
+    return kind if kind in _PYDANTIC_ERROR_TYPES else "other"
+
+
+def record_rejection(model_name: str, reason: str) -> None:
+    """One refused prediction request, counted once however many problems it had. `reason` is
+    `rejection_reason(issues)` or a tabserve error class name (e.g. 'PayloadTooLarge')."""
+    REJECTED_INPUTS.labels(model_label(model_name), reason).inc()
+
+
+def record_predictions(spec: ModelSpec, tag: str, probabilities: np.ndarray) -> None:
+    version = version_of(tag)
+    best = probabilities.argmax(axis=1)
+    for index, count in enumerate(np.bincount(best, minlength=len(spec.class_names))):
+        if count:
+            PREDICTIONS.labels(spec.name, version, spec.class_names[index]).inc(int(count))
+    if spec.positive_class is None:
+        scores = probabilities.max(axis=1)
+    else:
+        scores = probabilities[:, spec.class_names.index(spec.positive_class)]
+    histogram = PREDICTION_SCORE.labels(spec.name)
+    for score in scores.tolist():
+        histogram.observe(score)
+
+
+# --- recording: model runner --------------------------------------------------------------------
+@contextmanager
+def inference_timer(model_name: str, rows: int) -> Iterator[None]:
+    """Times one model call and records its row count."""
+    INFERENCE_ROWS.labels(model_name).observe(rows)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        INFERENCE_DURATION.labels(model_name).observe(time.perf_counter() - started)
+
+
+def record_models_loading(model_names: Iterable[str]) -> None:
+    """Before a runner process loads anything: every model it will load reads 0."""
+    for name in model_names:
+        MODEL_LOADED.labels(name).set(0)
+
+
+def record_model_loaded(info: ModelInfo) -> None:
+    version = version_of(info.tag)
+    MODEL_INFO.labels(info.name, version, info.tag, info.framework).set(1)
+    for metric, value in info.metadata.get("metrics", {}).items():
+        MODEL_TRAINING_SCORE.labels(info.name, version, metric).set(value)
+    MODEL_LOADED.labels(info.name).set(1)

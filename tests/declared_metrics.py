@@ -1,0 +1,70 @@
+"""The metric names and label sets the dashboards and alert rules rely on, declared by hand.
+
+Deliberately not imported from tabserve.metrics: a metric renamed there (or by a BentoML upgrade)
+must fail tests/test_metrics.py instead of silently emptying a dashboard panel.
+"""
+
+from __future__ import annotations
+
+# name as exposed (counters with `_total`) -> (type, label names; `le` of histograms left out)
+TABSERVE = {
+    "tabserve_requests_total": ("counter", {"protocol", "route", "method", "code"}),
+    "tabserve_request_duration_seconds": ("histogram", {"protocol", "route", "method", "code"}),
+    "tabserve_requests_in_progress": ("gauge", {"protocol"}),
+    "tabserve_predictions_total": ("counter", {"model", "version", "class"}),
+    "tabserve_prediction_score": ("histogram", {"model"}),
+    "tabserve_rejected_inputs_total": ("counter", {"model", "reason"}),
+    "tabserve_inference_duration_seconds": ("histogram", {"model"}),
+    "tabserve_inference_rows": ("histogram", {"model"}),
+    "tabserve_model_info": ("gauge", {"model", "version", "tag", "framework"}),
+    "tabserve_model_training_score": ("gauge", {"model", "version", "metric"}),
+    "tabserve_model_loaded": ("gauge", {"model"}),
+}
+
+_BENTOML_REQUEST = {"endpoint", "service_name", "service_version", "runner_name"}
+BENTOML = {
+    "bentoml_service_request_total": ("counter", _BENTOML_REQUEST | {"http_response_code"}),
+    "bentoml_service_request_duration_seconds": (
+        "histogram",
+        _BENTOML_REQUEST | {"http_response_code"},
+    ),
+    "bentoml_service_request_in_progress": ("gauge", _BENTOML_REQUEST),
+    "bentoml_service_last_request_timestamp_seconds": (
+        "gauge",
+        {"pid", "service_name", "service_version", "runner_name"},
+    ),
+    "bentoml_service_adaptive_batch_size": (
+        "histogram",
+        {"runner_name", "worker_index", "method_name", "service_version", "service_name"},
+    ),
+}
+
+# Only a Kubernetes cluster has these (kube-state-metrics, cAdvisor via the kubelet): the
+# dashboard's pod row and two alerts use them; locally they can only be checked for syntax.
+KUBERNETES = frozenset(
+    {
+        "kube_deployment_status_replicas_available",
+        "kube_deployment_spec_replicas",
+        "kube_horizontalpodautoscaler_status_desired_replicas",
+        "kube_horizontalpodautoscaler_status_current_replicas",
+        "kube_horizontalpodautoscaler_spec_max_replicas",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "kube_pod_container_status_restarts_total",
+    }
+)
+
+
+def series_names(name: str, kind: str) -> set[str]:
+    """The sample names a family exposes (a histogram: _bucket, _sum, _count)."""
+    if kind == "histogram":
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return {name}
+
+
+KNOWN_SERIES = {
+    series
+    for declared in (TABSERVE, BENTOML)
+    for name, (kind, _) in declared.items()
+    for series in series_names(name, kind)
+} | KUBERNETES

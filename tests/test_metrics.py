@@ -1,0 +1,220 @@
+"""/metrics of a real `bentoml serve`: declared names and labels, exact counts, bounded labels."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tabserve.catalog import MODELS
+from tests.data import instances
+from tests.declared_metrics import BENTOML, TABSERVE
+from tests.server import ServerProcess
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(client: httpx.Client) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(
+        value for (sample, pairs), value in samples.items() if sample == name and wanted <= pairs
+    )
+
+
+def label_values(samples: Samples, name: str, label: str) -> set[str]:
+    return {dict(pairs)[label] for (sample, pairs) in samples if sample == name}
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=30) as session:
+        yield session
+
+
+def predict(client: httpx.Client, model: str, rows: list[dict]) -> list[str]:
+    response = client.post(f"/v1/models/{model}:predict", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    return [prediction["label"] for prediction in response.json()["predictions"]]
+
+
+def test_every_declared_metric_is_exposed_with_its_labels(client: httpx.Client) -> None:
+    for name in MODELS:
+        predict(client, name, instances(name, 2))
+    client.post("/v1/models/iris:predict", json={"instances": [{}]})
+
+    response = client.get("/metrics")
+    families = {
+        (f"{family.name}_total" if family.type == "counter" else family.name): family
+        for family in text_string_to_metric_families(response.text)
+    }
+    for name, (kind, labels) in {**TABSERVE, **BENTOML}.items():
+        assert name in families, f"{name} is not exposed"
+        family = families[name]
+        assert family.type == kind, name
+        exposed = {label for sample in family.samples for label in sample.labels} - {"le"}
+        assert exposed == labels, name
+    ours = {name for name in families if name.startswith("tabserve_")}
+    assert ours == set(TABSERVE), "an undeclared tabserve_ metric: declare and document it"
+
+
+def test_predictions_scores_and_runner_rows_count_every_instance(client: httpx.Client) -> None:
+    before = scrape(client)
+    answers = {"churn": predict(client, "churn", instances("churn", 7))}
+    answers["drug"] = predict(client, "drug", instances("drug", 9))
+    after = scrape(client)
+
+    for model, labels in answers.items():
+        for class_name, count in Counter(labels).items():
+            counted = total(
+                after, "tabserve_predictions_total", model=model, **{"class": class_name}
+            )
+            counted -= total(
+                before, "tabserve_predictions_total", model=model, **{"class": class_name}
+            )
+            assert counted == count, (model, class_name)
+        for name in ("tabserve_prediction_score_count", "tabserve_inference_rows_sum"):
+            grown = total(after, name, model=model) - total(before, name, model=model)
+            assert grown == len(labels), (model, name)
+        runs = total(after, "tabserve_inference_duration_seconds_count", model=model)
+        assert runs > total(before, "tabserve_inference_duration_seconds_count", model=model)
+    tag = client.get("/v1/models/churn").json()["tag"]
+    assert label_values(after, "tabserve_predictions_total", "version") >= {tag.split(":")[1]}
+
+
+def test_churn_scores_are_the_positive_class_probability(client: httpx.Client) -> None:
+    before = scrape(client)
+    response = client.post("/v1/models/churn:predict", json={"instances": instances("churn", 5)})
+    after = scrape(client)
+    expected = sum(p["probabilities"]["churned"] for p in response.json()["predictions"])
+    grown = total(after, "tabserve_prediction_score_sum", model="churn")
+    grown -= total(before, "tabserve_prediction_score_sum", model="churn")
+    assert grown == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"instances": [{}]}', "missing"),
+        (b'{"instances": [{"sepal_length_cm": -5}]}', "greater_than_equal"),
+        (b'{"instances": [{"sepal_length_cm": "5"}]}', "float_type"),
+        (b'{"instances": [', "json_invalid"),
+        (b'{"instances": []}', "too_short"),
+    ],
+)
+def test_each_rejected_request_is_counted_once_by_reason(
+    client: httpx.Client, body: bytes, reason: str
+) -> None:
+    before = scrape(client)
+    headers = {"content-type": "application/json"}
+    response = client.post("/v1/models/iris:predict", content=body, headers=headers)
+    assert response.status_code in (400, 422)
+    after = scrape(client)
+    rejected = "tabserve_rejected_inputs_total"
+    assert (
+        total(after, rejected, model="iris", reason=reason)
+        - total(before, rejected, model="iris", reason=reason)
+        == 1
+    )
+    assert total(after, rejected) - total(before, rejected) == 1
+
+
+def test_rest_requests_are_labelled_by_route_template_and_bounded_method(
+    client: httpx.Client,
+) -> None:
+    before = scrape(client)
+    assert client.get(f"/v1/models/no-such-{uuid.uuid4().hex}").status_code == 404
+    assert client.request("BREW", "/v1/models").status_code == 405
+    after = scrape(client)
+    name = "tabserve_requests_total"
+    labels = {
+        "protocol": "rest",
+        "route": "/v1/models/{model_name}",
+        "method": "GET",
+        "code": "404",
+    }
+    assert total(after, name, **labels) - total(before, name, **labels) == 1
+    labels = {"route": "/v1/models", "method": "OTHER", "code": "405"}
+    assert total(after, name, **labels) - total(before, name, **labels) == 1
+    duration = "tabserve_request_duration_seconds_count"
+    assert total(after, duration) - total(before, duration) >= 2
+    assert "BREW" not in label_values(after, name, "method")
+
+
+def test_unknown_paths_and_model_names_add_no_series(client: httpx.Client) -> None:
+    def probe(count: int) -> list[str]:
+        paths = [f"/scan-{uuid.uuid4().hex}/{n}" for n in range(count)]
+        paths += [f"/v1/models/m{uuid.uuid4().hex}:predict" for _ in range(count)]
+        for path in paths:
+            assert client.post(path, json={"instances": [{}]}).status_code == 404
+        return paths
+
+    probe(3)  # creates the <unmatched> and template series once
+    settled = scrape(client)
+    paths = probe(40)
+    after = scrape(client)
+    assert set(after) - set(settled) == set(), "a request path or model name became a label"
+    text = client.get("/metrics").text
+    assert not [path for path in paths if path in text]
+    endpoint = "bentoml_service_request_total"
+    assert (
+        total(after, endpoint, endpoint="<unmatched>")
+        - total(settled, endpoint, endpoint="<unmatched>")
+        == 40
+    )
+    assert label_values(after, "tabserve_rejected_inputs_total", "model") <= set(MODELS)
+
+
+def test_model_info_loaded_and_training_scores(client: httpx.Client) -> None:
+    samples = scrape(client)
+    for listed in client.get("/v1/models").json()["models"]:
+        model, version = listed["name"], listed["tag"].split(":")[1]
+        assert total(samples, "tabserve_model_loaded", model=model) == 1
+        info = {"model": model, "version": version, "tag": listed["tag"]}
+        assert total(samples, "tabserve_model_info", framework=listed["framework"], **info) == 1
+        accuracy = total(
+            samples,
+            "tabserve_model_training_score",
+            model=model,
+            version=version,
+            metric="accuracy",
+        )
+        assert accuracy == listed["metrics"]["accuracy"]
+
+
+def test_several_workers_of_both_services_are_merged_into_one_scrape(
+    trained_store, tmp_path
+) -> None:
+    """2 API workers and 2 runner workers: every scrape, whichever worker answers it, counts the
+    requests and model calls of all four processes."""
+    env = {"TABSERVE_API_WORKERS": "2", "TABSERVE_RUNNER_WORKERS": "2"}
+    requests = 60
+    with (
+        ServerProcess.start(tmp_path / "serve.log", env=env) as server,
+        httpx.Client(base_url=server.url, timeout=30) as session,
+    ):
+        rows = instances("spam", requests)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            labels = list(pool.map(lambda row: predict(session, "spam", [row]), rows))
+        assert len(labels) == requests
+        for _ in range(4):
+            samples = scrape(session)
+            assert total(samples, "tabserve_predictions_total", model="spam") == requests
+            assert total(samples, "tabserve_inference_rows_sum", model="spam") == requests
+            predict_route = {"route": "/v1/models/spam:predict", "code": "200"}
+            assert total(samples, "tabserve_requests_total", **predict_route) == requests
+            assert total(samples, "tabserve_model_loaded", model="spam") == 1
