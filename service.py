@@ -24,6 +24,8 @@ from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
 from tabserve.inference import LoadedModel, Row
+from tabserve.protocols.grpc.server import GrpcServer
+from tabserve.protocols.oip import OpenInference
 from tabserve.settings import get_settings
 
 settings = get_settings()
@@ -98,6 +100,19 @@ class ModelAPI:
     def __init__(self) -> None:
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
+        self.grpc_server: GrpcServer | None = None
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC, in this worker (tabserve/protocols/grpc)."""
+        if settings.grpc_port:
+            self.grpc_server = GrpcServer(OpenInference(self.dataplane), settings)
+            await self.grpc_server.start()
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop()
 
     async def __is_ready__(self) -> bool:
         """/readyz: ready once the runner answers with every model of the catalog loaded."""

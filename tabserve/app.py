@@ -17,7 +17,7 @@ from tabserve.auth import BearerTokenMiddleware
 from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput, ServingError
 from tabserve.http_metrics import RestMetricsMiddleware
-from tabserve.protocols import tabpy, v1
+from tabserve.protocols import tabpy, v1, v2
 from tabserve.schemas import ErrorResponse, request_model
 from tabserve.web import mount_ui
 
@@ -85,6 +85,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(v1.router)
     app.include_router(tabpy.router)
+    app.include_router(v2.router)
     mount_ui(app)
     app.add_middleware(BearerTokenMiddleware)  # no-op unless TABSERVE_API_TOKEN is set
     app.add_exception_handler(ServingError, _serving_error)

@@ -54,6 +54,20 @@ class Settings(BaseSettings):
         "with 503 (BentoML's max_latency_ms).",
     )
 
+    # --- gRPC (Open Inference Protocol; tabserve/protocols/grpc) ----------------------------------
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC inference service (with health and reflection); 0 turns "
+        "it off. Every API worker binds it with SO_REUSEPORT (see docs/protocols.md).",
+    )
+    grpc_host: str = Field(
+        "0.0.0.0",
+        description="Address the gRPC server listens on (BentoML's HTTP host is set separately, "
+        "by `bentoml serve --host`).",
+    )
+
     # --- access ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
         None,

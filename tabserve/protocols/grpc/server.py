@@ -1,0 +1,159 @@
+"""The gRPC server of one API worker: the inference service, health, reflection.
+
+BentoML 1.4 cannot serve `@bentoml.service` classes over gRPC, so each API worker starts this
+grpc.aio server on its own event loop from the service's startup hook (service.py) and stops it
+from the shutdown hook. Every worker binds `grpc_port` with SO_REUSEPORT, deliberately: with
+several API workers the kernel spreads new connections over them, as BentoML's shared HTTP
+socket does for HTTP. The price: a second tabserve started on the same host and port by the same
+user shares the port instead of failing, so give each its own `TABSERVE_GRPC_PORT`. A port that
+cannot be bound at all (taken by another program, or privileged) fails the worker's start-up.
+
+The health service answers NOT_SERVING until every model is loaded, then SERVING, and
+NOT_SERVING again once shutdown begins. With a token configured (TABSERVE_API_TOKEN), every
+inference RPC but ServerLive and ServerReady needs `authorization: Bearer <token>` metadata,
+as every /v2 REST route but the health ones does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import bentoml
+import grpc
+from bentoml.exceptions import BentoMLException
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tabserve import metrics
+from tabserve.auth import token_is_valid
+from tabserve.protocols.grpc import inference_pb2_grpc
+from tabserve.protocols.grpc.servicer import SERVICE_NAME, InferenceServicer
+from tabserve.protocols.oip import OpenInference
+from tabserve.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Time in-flight calls get to finish once shutdown starts.
+SHUTDOWN_GRACE_S = 5.0
+POLL_S = 0.2
+# RPCs a prober or load balancer may call without a token.
+OPEN_METHODS = frozenset({f"/{SERVICE_NAME}/ServerLive", f"/{SERVICE_NAME}/ServerReady"})
+
+
+class _AuthAndMetrics(grpc.aio.ServerInterceptor):
+    """Counts and times every unary call (tabserve_requests_total{protocol="grpc"}) and refuses
+    inference calls without a valid token when one is configured."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        # Unknown methods (None, answered UNIMPLEMENTED by gRPC) are not counted, so labels
+        # stay bounded; streams (health Watch, reflection) are not timed as requests.
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, _, method = details.method.lstrip("/").partition("/")
+        needs_token = service == SERVICE_NAME and details.method not in OPEN_METHODS
+        authorized = not needs_token or token_is_valid(
+            dict(details.invocation_metadata or ()).get("authorization")
+        )
+        call = handler.unary_unary
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                with metrics.requests_in_progress("grpc"):
+                    if not authorized:
+                        await context.abort(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            "send metadata 'authorization: Bearer <token>'",
+                        )
+                    return await call(request, context)
+            finally:
+                code = context.code() or grpc.StatusCode.OK
+                metrics.record_request(
+                    "grpc", service, method, code.name, time.perf_counter() - started
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class GrpcServer:
+    def __init__(self, protocol: OpenInference, settings: Settings) -> None:
+        self._protocol = protocol
+        self._address = f"{settings.grpc_host}:{settings.grpc_port}"
+        self._server = grpc.aio.server(
+            interceptors=[_AuthAndMetrics()],
+            options=[
+                ("grpc.so_reuseport", 1),
+                # The same request size limit as the HTTP routes.
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ],
+        )
+        self._health = health.aio.HealthServicer()
+        self._serving: asyncio.Task[None] | None = None
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(protocol), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+
+    async def start(self) -> None:
+        """Binds the port now (a port that cannot be bound fails the worker's start-up) and
+        serves from the moment this worker is fully set up."""
+        try:
+            self._server.add_insecure_port(self._address)
+        except RuntimeError as error:
+            raise RuntimeError(f"gRPC server cannot listen on {self._address}: {error}") from None
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._serving = asyncio.create_task(self._serve())
+        self._serving.add_done_callback(_log_failure)
+
+    async def stop(self) -> None:
+        if self._serving is not None:
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(SHUTDOWN_GRACE_S)
+
+    async def _serve(self) -> None:
+        # BentoML connects this worker's runner client after the startup hooks have run, then
+        # publishes the service instance; a call answered before that could not reach a model.
+        while not _worker_is_set_up():
+            await asyncio.sleep(POLL_S)
+        await self._server.start()
+        logger.info("gRPC (Open Inference Protocol) listening on %s", self._address)
+        while not await self._protocol.server_ready():
+            await asyncio.sleep(POLL_S)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in ("", SERVICE_NAME):  # "": the whole server, as probes ask
+            await self._health.set(service, status)
+
+
+def _worker_is_set_up() -> bool:
+    try:
+        bentoml.get_current_service()
+    except BentoMLException:  # "service isn't instantiated yet"
+        return False
+    return True
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the gRPC server failed to start", exc_info=task.exception())

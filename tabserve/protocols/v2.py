@@ -1,0 +1,264 @@
+"""The Open Inference Protocol (KServe V2) over REST: a thin transport over `oip.OpenInference`.
+
+GET  /v2                                      server metadata
+GET  /v2/health/live, /v2/health/ready        server liveness, readiness (200 or 503)
+GET  /v2/models/{name}[/versions/{v}]         model metadata
+GET  /v2/models/{name}[/versions/{v}]/ready   model readiness (200; 404 unknown; 503 loading)
+POST /v2/models/{name}[/versions/{v}]/infer   inference
+
+Errors use the protocol's body, `{"error": "<message>"}`, with the status of tabserve's error
+table (400 bad tensor, 404 unknown model or version, 413, 415, 422 bad feature value, 503).
+Inference bodies may use the binary tensor data extension (what tritonclient sends by default):
+the JSON header is followed by the raw tensors, `Inference-Header-Content-Length` gives the
+header's size and each binary input says its size in `parameters.binary_data_size`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tabserve.dataplane import DataPlane
+from tabserve.errors import ModelUnavailable, ServingError, field_path
+from tabserve.protocols.http import dataplane, read_json_body
+from tabserve.protocols.oip import (
+    OUTPUT_NAMES,
+    InferenceRequest,
+    InferenceResponse,
+    InvalidTensor,
+    OpenInference,
+    Tensor,
+    error_text,
+)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_SIZE = "binary_data_size"
+
+
+class V2Route(APIRoute):
+    """Answers a ServingError with the protocol's error body instead of the V1 one."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServingError as error:
+                return JSONResponse({"error": error_text(error)}, status_code=error.status)
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2 REST)"], route_class=V2Route)
+
+
+def open_inference(plane: Annotated[DataPlane, Depends(dataplane)]) -> OpenInference:
+    return OpenInference(plane)
+
+
+Protocol = Annotated[OpenInference, Depends(open_inference)]
+
+
+# --- the request body's JSON header (the protocol's $inference_request) ----------------------
+class _Wire(BaseModel):
+    # Strict types (a shape of ["2"] is an error, not 2); unknown keys are ignored as the
+    # protocol allows extensions to add them.
+    model_config = ConfigDict(strict=True)
+
+
+class RequestInput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(_Wire):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceRequestBody(_Wire):
+    id: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] = Field(default_factory=list)
+
+
+# --- routes --------------------------------------------------------------------------------------
+@router.get("", summary="Server metadata")
+async def server_metadata(protocol: Protocol) -> dict[str, Any]:
+    metadata = protocol.server_metadata()
+    return {
+        "name": metadata.name,
+        "version": metadata.version,
+        "extensions": list(metadata.extensions),
+    }
+
+
+@router.get("/health/live", summary="Server liveness")
+async def server_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness")
+async def server_ready(protocol: Protocol) -> dict[str, bool]:
+    if not await protocol.server_ready():
+        raise ModelUnavailable("the models are still loading")
+    return {"ready": True}
+
+
+@router.get("/models/{model_name}", summary="Model metadata")
+@router.get("/models/{model_name}/versions/{version}", summary="Model metadata (one version)")
+async def model_metadata(protocol: Protocol, model_name: str, version: str = "") -> dict[str, Any]:
+    metadata = await protocol.model_metadata(model_name, version)
+    return {
+        "name": metadata.name,
+        "versions": metadata.versions,
+        "platform": metadata.platform,
+        "inputs": [vars(tensor) for tensor in metadata.inputs],
+        "outputs": [vars(tensor) for tensor in metadata.outputs],
+        "parameters": metadata.properties,
+    }
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+@router.get("/models/{model_name}/versions/{version}/ready", summary="Model readiness (version)")
+async def model_ready(protocol: Protocol, model_name: str, version: str = "") -> dict[str, Any]:
+    if not await protocol.model_ready(model_name, version):
+        raise ModelUnavailable(f"model {model_name!r} is still loading")
+    return {"name": model_name, "ready": True}
+
+
+@router.post("/models/{model_name}/infer", summary="Inference")
+@router.post("/models/{model_name}/versions/{version}/infer", summary="Inference (version)")
+async def infer(
+    request: Request, protocol: Protocol, model_name: str, version: str = ""
+) -> Response:
+    protocol.plane.spec(model_name)  # an unknown model is a 404 before the body is read
+    header, binary = _split_body(await read_json_body(request), request.headers.get(HEADER_LENGTH))
+    body = _parse_header(header)
+    answer = await protocol.infer(
+        InferenceRequest(
+            model_name=model_name,
+            model_version=version,
+            id=body.id,
+            inputs=_input_tensors(body.inputs, binary),
+            outputs=[output.name for output in body.outputs],
+        )
+    )
+    return _response(answer, _binary_outputs(body))
+
+
+# --- body encoding -------------------------------------------------------------------------------
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor data after it (empty without the extension)."""
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InvalidTensor(
+            f"{HEADER_LENGTH} is {header_length!r}; it must be the size in bytes of the JSON "
+            f"header at the start of the {len(body)}-byte body"
+        )
+    size = int(header_length)
+    return body[:size], body[size:]
+
+
+def _parse_header(header: bytes) -> InferenceRequestBody:
+    try:
+        return InferenceRequestBody.model_validate_json(header)
+    except ValidationError as error:
+        issue = error.errors(include_url=False)[0]
+        raise InvalidTensor(f"{field_path(issue['loc'])}: {issue['msg']}") from None
+
+
+def _input_tensors(inputs: list[RequestInput], binary: bytes) -> list[Tensor]:
+    tensors = []
+    offset = 0
+    for item in inputs:
+        size = item.parameters.get(BINARY_SIZE)
+        if size is None:
+            if item.data is None:
+                raise InvalidTensor(f"input {item.name!r} has neither data nor {BINARY_SIZE}")
+            values = _flatten(item.data)
+            tensors.append(Tensor.from_values(item.name, item.datatype, item.shape, values))
+            continue
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise InvalidTensor(
+                f"input {item.name!r}: {BINARY_SIZE} {size!r} does not fit the "
+                f"{len(binary) - offset} bytes of binary data left in the body"
+            )
+        raw = binary[offset : offset + size]
+        offset += size
+        tensors.append(Tensor.from_raw(item.name, item.datatype, item.shape, raw))
+    if offset != len(binary):
+        raise InvalidTensor(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return tensors
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """The protocol allows `data` flat or nested row-major ([[1, 2], [3, 4]]): flatten it."""
+    flat: list[Any] = []
+    pending = [iter(data)]
+    while pending:
+        for value in pending[-1]:
+            if isinstance(value, list):
+                pending.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            pending.pop()
+    return flat
+
+
+def _binary_outputs(body: InferenceRequestBody) -> set[str]:
+    """Outputs to send as binary data: per output `binary_data`, else the request-wide
+    `binary_data_output` (tritonclient sets one of them unless told otherwise)."""
+    default = body.parameters.get("binary_data_output") is True
+    if not body.outputs:
+        return set(OUTPUT_NAMES) if default else set()
+    return {
+        output.name
+        for output in body.outputs
+        if output.parameters.get("binary_data", default) is True
+    }
+
+
+def _response(answer: InferenceResponse, binary_outputs: set[str]) -> Response:
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor in answer.outputs:
+        described: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if tensor.name in binary_outputs:
+            blob = tensor.to_raw()
+            described["parameters"] = {BINARY_SIZE: len(blob)}
+            blobs.append(blob)
+        else:
+            described["data"] = tensor.to_json_values()
+        outputs.append(described)
+    header: dict[str, Any] = {
+        "model_name": answer.model_name,
+        "model_version": answer.model_version,
+        "outputs": outputs,
+    }
+    if answer.id:
+        header["id"] = answer.id
+    if not blobs:
+        return JSONResponse(header)
+    encoded = JSONResponse(header).body
+    return Response(
+        bytes(encoded) + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(encoded))},
+    )
