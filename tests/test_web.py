@@ -1,0 +1,231 @@
+"""The /ui/ prediction page in a real headless Chromium (Debian's, driven by Playwright), and the
+query-string predictions of `GET /v1/models/<name>:predict`, against a real server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tabserve.catalog import MODELS
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the networking flags Chromium keeps calling Google's services, which this closed
+# network refuses; --no-sandbox because the tests run as root.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+IRIS = {
+    "sepal_length_cm": 6.3,
+    "sepal_width_cm": 3.3,
+    "petal_length_cm": 6.0,
+    "petal_width_cm": 2.5,
+}
+DRUG = {"age": 47, "sex": "M", "bp": "LOW", "cholesterol": "HIGH", "na_to_k": 13.093}
+
+
+def v1_prediction(server, model: str, instance: dict[str, Any]) -> dict[str, Any]:
+    answer = httpx.post(f"{server.url}/v1/models/{model}:predict", json={"instances": [instance]})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["predictions"][0]
+
+
+# --- the page in a browser ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (Debian package chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server.url}/ui/")
+    yield page
+    context.close()
+
+
+def open_model(page: Page, model: str) -> None:
+    page.locator(f"nav button[data-model='{model}']").click()
+    expect(page.locator(f"#feature-{MODELS[model].features[0].name}")).to_be_visible()
+
+
+def test_page_lists_every_model(page: Page, server) -> None:
+    models = httpx.get(f"{server.url}/v1/models").json()["models"]
+    buttons = page.locator("nav button")
+    expect(buttons).to_have_count(len(models))
+    assert buttons.all_inner_texts() == [model["title"] for model in models]
+
+
+def test_form_predicts_like_the_api(page: Page, server, tmp_path: Path) -> None:
+    open_model(page, "iris")
+    for name, value in IRIS.items():
+        page.fill(f"#feature-{name}", str(value))
+    page.click("#predict")
+    expect(page.locator("#result")).to_be_visible()
+
+    expected = v1_prediction(server, "iris", IRIS)
+    assert page.inner_text("#result-label") == expected["label"]
+    shown = {
+        item.get_attribute("data-class"): item.locator(".value").inner_text()
+        for item in page.locator("#result-probabilities li").all()
+    }
+    assert shown == {
+        name: f"{probability * 100:.1f}%" for name, probability in expected["probabilities"].items()
+    }
+    assert page.inner_text("#result-model").startswith("iris:")
+    page.screenshot(path=tmp_path / "iris-prediction.png", full_page=True)
+    assert (tmp_path / "iris-prediction.png").stat().st_size > 10_000
+
+
+def test_category_form_predicts_like_the_api(page: Page, server) -> None:
+    open_model(page, "drug")
+    for name, value in DRUG.items():
+        if name in ("sex", "bp", "cholesterol"):
+            page.select_option(f"#feature-{name}", value)
+        else:
+            page.fill(f"#feature-{name}", str(value))
+    page.click("#predict")
+    expect(page.locator("#result")).to_be_visible()
+    assert page.inner_text("#result-label") == v1_prediction(server, "drug", DRUG)["label"]
+
+
+def test_invalid_values_are_shown_next_to_their_fields(page: Page, tmp_path: Path) -> None:
+    open_model(page, "drug")
+    page.fill("#feature-age", "500")  # above the plausible maximum of 120
+    page.fill("#feature-na_to_k", "lots")  # not a number
+    page.select_option("#feature-bp", "LOW")
+    page.select_option("#feature-cholesterol", "HIGH")  # sex left empty: required
+    page.click("#predict")
+
+    expect(page.locator("#error-age")).to_have_text("Input should be less than or equal to 120")
+    expect(page.locator("#error-na_to_k")).to_have_text("Input should be a valid number")
+    expect(page.locator("#error-sex")).to_have_text("required field is missing")
+    expect(page.locator("#error-bp")).to_have_text("")
+    expect(page.locator("#feature-age")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#result")).to_be_hidden()
+    page.screenshot(path=tmp_path / "drug-errors.png", full_page=True)
+
+    page.fill("#feature-age", "47")  # fixing the form clears the errors on the next submit
+    page.fill("#feature-na_to_k", "13.093")
+    page.select_option("#feature-sex", "M")
+    page.click("#predict")
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#error-age")).to_have_text("")
+
+
+def test_model_choice_survives_a_reload(page: Page) -> None:
+    open_model(page, "drug")
+    page.reload()
+    expect(page.locator("#model-title")).to_have_text("Drug prescription")
+
+
+def test_ui_without_slash_redirects(server) -> None:
+    answer = httpx.get(f"{server.url}/ui", follow_redirects=True)
+    assert answer.status_code == 200
+    assert "<title>tabserve" in answer.text
+
+
+# --- GET /v1/models/<name>:predict?feature=value --------------------------------------------------
+def query_predict(server, model: str, params: Any) -> httpx.Response:
+    return httpx.get(f"{server.url}/v1/models/{model}:predict", params=params)
+
+
+@pytest.mark.parametrize(
+    ("model", "instance"),
+    [
+        ("iris", IRIS),
+        ("drug", DRUG),
+        ("spam", {"text": "WINNER!! Call 09061701461 & claim your £1000 prize now?"}),
+        (
+            "churn",
+            {
+                "call_failures": 8, "complains": True, "subscription_months": 38,
+                "charge_amount": 0, "seconds_of_use": 4370, "call_count": 71, "sms_count": 5,
+                "distinct_called_numbers": 17, "age_group": 3, "tariff_plan": 1, "status": 1,
+                "age": 30, "customer_value": 197.64,
+            },
+        ),
+        (
+            "admission",  # optional vitals left out: imputed, as when the POST body omits them
+            {
+                "age": 71, "sex": "male", "arrival_mode": "public_ambulance", "injury": False,
+                "mental_state": "alert", "pain": True, "pain_score": 3, "triage_acuity": 2,
+            },
+        ),
+    ],
+)  # fmt: skip
+def test_query_string_equals_post(server, model: str, instance: dict[str, Any]) -> None:
+    params = {name: str(value).lower() if isinstance(value, bool) else str(value)
+              for name, value in instance.items()}  # fmt: skip
+    answer = query_predict(server, model, params)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0] == v1_prediction(server, model, instance)
+
+
+def test_query_string_reads_booleans_and_whole_floats(server) -> None:
+    churn = {
+        "call_failures": "8.0", "complains": "yes", "subscription_months": "38",
+        "charge_amount": "0", "seconds_of_use": "4370", "call_count": "71", "sms_count": "5",
+        "distinct_called_numbers": "17", "age_group": "3", "tariff_plan": "1", "status": "1",
+        "age": "30", "customer_value": "197.64",
+    }  # fmt: skip
+    answer = query_predict(server, "churn", churn)
+    assert answer.status_code == 200, answer.text
+    typed = {name: int(float(value)) for name, value in churn.items() if name != "complains"}
+    typed |= {"complains": True, "customer_value": 197.64}
+    assert answer.json()["predictions"][0] == v1_prediction(server, "churn", typed)
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "status", "fields"),
+    [
+        ("iris", {**IRIS, "sepal_length_cm": "500"}, 422, ["instances[0].sepal_length_cm"]),
+        ("iris", {**IRIS, "sepal_length_cm": "nan"}, 422, ["instances[0].sepal_length_cm"]),
+        ("iris", {**IRIS, "petal_width_cm": "wide"}, 422, ["instances[0].petal_width_cm"]),
+        ("iris", {**IRIS, "petal_width_cm": ""}, 422, ["instances[0].petal_width_cm"]),
+        ("iris", {**IRIS, "colour": "blue"}, 422, ["instances[0].colour"]),
+        ("drug", {**DRUG, "age": "47.5"}, 422, ["instances[0].age"]),
+        ("drug", {**DRUG, "sex": "X"}, 422, ["instances[0].sex"]),
+        ("iris", {}, 422, [f"instances[0].{name}" for name in IRIS]),
+        ("no_such_model", IRIS, 404, []),
+    ],
+    ids=[
+        "above-maximum", "nan", "not-a-number", "empty", "unknown-feature", "fractional-integer",
+        "unknown-category", "nothing-given", "unknown-model",
+    ],
+)  # fmt: skip
+def test_query_string_errors_match_post(
+    server, model: str, params: dict[str, Any], status: int, fields: list[str]
+) -> None:
+    answer = query_predict(server, model, params)
+    assert answer.status_code == status, answer.text
+    assert sorted(detail["field"] for detail in answer.json()["details"]) == sorted(fields)
+
+
+def test_query_string_repeated_parameter_is_rejected(server) -> None:
+    params = [*((k, str(v)) for k, v in IRIS.items()), ("sepal_length_cm", "4.0")]
+    answer = query_predict(server, "iris", params)
+    assert answer.status_code == 422
+    assert answer.json()["details"] == [
+        {"field": "instances[0].sepal_length_cm", "reason": "given more than once"}
+    ]
