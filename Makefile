@@ -36,7 +36,7 @@ train: install ## train and save every model (again)
 
 serve: install ## train missing models, then serve on http://$(HOST):$(PORT)
 	$(BIN)/python train.py --if-missing
-	$(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
+	TABSERVE_GRPC_HOST=$(HOST) $(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
 
 test: install system-deps ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
