@@ -1,0 +1,160 @@
+"""A local Prometheus (Debian's `prometheus` package) scraping tabserve on 127.0.0.1.
+
+Used by `make observe` (run this module) and by the tests: a generated config with one scrape
+job per target and the project's alert rules, a private TSDB directory, a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OBSERVABILITY = Path(__file__).resolve().parent
+ALERT_RULES = OBSERVABILITY / "alerts.yaml"
+READY_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape_config(targets: Sequence[str], interval_s: float, rule_files: Sequence[Path]) -> str:
+    """Prometheus configuration (JSON is valid YAML): every target scraped at `/metrics`."""
+    interval = f"{int(interval_s * 1000)}ms"
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": "tabserve",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": list(targets)}],
+            }
+        ],
+    }
+    return json.dumps(config, indent=2)
+
+
+@dataclass
+class Prometheus:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(
+        cls,
+        targets: Sequence[str],
+        workdir: Path,
+        interval_s: float = 1.0,
+        port: int | None = None,
+        rule_files: Sequence[Path] = (ALERT_RULES,),
+    ) -> Iterator[Prometheus]:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed: run `make system-deps`")
+        config = workdir / "prometheus.yml"
+        config.write_text(scrape_config(targets, interval_s, rule_files))
+        port = port or free_port()
+        log = workdir / "prometheus.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = cls(process, f"http://127.0.0.1:{port}", log)
+        try:
+            server.wait_ready()
+            yield server
+        finally:
+            server.stop()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited:\n{self.log.read_text()[-3000:]}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"prometheus not ready in {READY_TIMEOUT_S}s")
+
+    def api(self, path: str, **params: str) -> dict[str, Any]:
+        """GET /api/v1/<path>; Prometheus answers errors (a bad query: 400) as JSON too."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            return json.load(error)
+
+    def query(self, expr: str) -> dict[str, Any]:
+        """The instant query's whole answer: `status`, and `data` or `error`."""
+        return self.api("query", query=expr)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", default="127.0.0.1:3000", help="tabserve host:port")
+    parser.add_argument("--port", type=int, default=9090, help="Prometheus port on 127.0.0.1")
+    parser.add_argument("--interval", type=float, default=5.0, help="scrape interval, seconds")
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="tabserve-prometheus-") as workdir,
+        Prometheus.start([args.target], Path(workdir), args.interval, args.port) as prometheus,
+    ):
+        print(
+            f"Prometheus {prometheus.url} scrapes http://{args.target}/metrics "
+            f"every {args.interval:g}s\n"
+            f"  targets: {prometheus.url}/targets   alerts: {prometheus.url}/alerts\n"
+            f"  try:     {prometheus.url}/graph?g0.expr=sum+by+(model)+"
+            "(rate(tabserve_predictions_total[1m]))\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            prometheus.process.wait()
+        if prometheus.process.returncode not in (None, 0):
+            sys.exit(f"prometheus exited:\n{prometheus.log.read_text()[-3000:]}")
+
+
+if __name__ == "__main__":
+    main()

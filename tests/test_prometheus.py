@@ -1,0 +1,177 @@
+"""The Grafana dashboards against a real Prometheus scraping a real `bentoml serve` under load.
+
+Grafana itself is not installable here: what Grafana would run is each panel's PromQL, so every
+query (variables substituted as Grafana does for "All") goes to Prometheus's HTTP API. Queries on
+tabserve/BentoML metrics must return data; the Kubernetes-only ones must at least parse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from observability.local_prometheus import Prometheus
+from tabserve.catalog import MODELS
+from tests.data import instances
+from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
+from tests.server import ServerProcess
+
+DASHBOARDS = sorted((Path(__file__).parent.parent / "observability" / "dashboards").glob("*.json"))
+# What Grafana puts in place of the variables: "All" is the regex .*; rate windows span several
+# of the test's 1 s scrapes.
+VARIABLES = {
+    "$__rate_interval": "1m",
+    "$namespace": ".*",
+    "$model": ".*",
+    "$deployment": "tabserve",
+}
+METRIC_NAME = re.compile(r"\b((?:tabserve|bentoml|kube|container)_[a-zA-Z0-9_]+)")
+LOAD_REQUESTS = 300
+LOAD_SECONDS = 30
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield from panel.get("panels", [])
+        if panel["type"] != "row":
+            yield panel
+
+
+def queries() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) for every target of every panel."""
+    found = []
+    for path in DASHBOARDS:
+        for panel in panels(json.loads(path.read_text())):
+            found += [(path.name, panel["title"], target["expr"]) for target in panel["targets"]]
+    return found
+
+
+def substituted(expr: str) -> str:
+    for variable, value in VARIABLES.items():
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"unknown variable in {expr}"
+    return expr
+
+
+def needs_kubernetes(expr: str) -> bool:
+    return any(name in KUBERNETES for name in METRIC_NAME.findall(expr))
+
+
+def test_there_are_dashboards_and_every_panel_has_unit_description_and_queries() -> None:
+    assert DASHBOARDS
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        assert variables["model"]["type"] == "query"
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), path.name
+        for panel in panels(dashboard):
+            assert panel["description"].strip(), panel["title"]
+            assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_every_metric_a_panel_uses_is_declared() -> None:
+    """A renamed metric fails here (and in test_metrics) rather than emptying a panel."""
+    for dashboard, title, expr in queries():
+        unknown = set(METRIC_NAME.findall(expr)) - KNOWN_SERIES
+        assert not unknown, f"{dashboard} / {title}: undeclared {unknown}"
+
+
+def _load(server: ServerProcess) -> dict[str, int]:
+    """A short, bounded mixed load: valid predictions for every model, refused inputs, 404s."""
+    models = list(MODELS)
+    rows = {name: instances(name, 20) for name in models}
+    deadline = time.monotonic() + LOAD_SECONDS
+    outcomes: dict[str, int] = {}
+
+    def one(client: httpx.Client, number: int) -> str:
+        if time.monotonic() > deadline:
+            return "skipped"
+        name = models[number % len(models)]
+        if number % 10 == 7:
+            response = client.post(f"/v1/models/{name}:predict", json={"instances": [{}]})
+        elif number % 10 == 9:
+            response = client.get(f"/probe-{number}")
+        else:
+            batch = rows[name][number % 20 : number % 20 + 1 + number % 3]
+            response = client.post(f"/v1/models/{name}:predict", json={"instances": batch})
+        return str(response.status_code)
+
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as client,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+        for status in pool.map(lambda number: one(client, number), range(LOAD_REQUESTS)):
+            outcomes[status] = outcomes.get(status, 0) + 1
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    target = server.url.removeprefix("http://")
+    with Prometheus.start([target], tmp_path_factory.mktemp("prometheus"), 1.0) as running:
+        outcomes = _load(server)
+        # The machine is shared: the time bound may cut the load short, but never to nothing.
+        assert outcomes.get("200", 0) >= 50, outcomes
+        assert set(outcomes) <= {"200", "404", "422", "skipped"}, outcomes
+        assert outcomes.get("422", 0) > 0 and outcomes.get("404", 0) > 0, outcomes
+        _wait_for_scrape(running, min_predictions=outcomes["200"])
+        yield running
+
+
+def _wait_for_scrape(prometheus: Prometheus, min_predictions: int) -> None:
+    """Until a scrape after the load is in, so the rate windows cover it."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        result = prometheus.query("sum(tabserve_predictions_total)")["data"]["result"]
+        if result and float(result[0]["value"][1]) >= min_predictions:
+            time.sleep(2)  # one or two more scrapes: rate() needs two samples after the load
+            return
+        time.sleep(0.5)
+    pytest.fail("Prometheus did not scrape the load's predictions in 20 s")
+
+
+def test_prometheus_scrapes_the_service_port(prometheus: Prometheus) -> None:
+    targets = prometheus.api("targets")["data"]["activeTargets"]
+    assert [target["health"] for target in targets] == ["up"], targets
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "title", "expr"), queries(), ids=[f"{d}:{t}" for d, t, _ in queries()]
+)
+def test_panel_query_returns_data(
+    prometheus: Prometheus, dashboard: str, title: str, expr: str
+) -> None:
+    answer = prometheus.query(substituted(expr))
+    assert answer["status"] == "success", answer  # a syntax error: status "error", bad_data
+    if needs_kubernetes(expr):
+        return  # parsed; only a cluster has kube-state-metrics and cAdvisor series
+    values = [float(series["value"][1]) for series in answer["data"]["result"]]
+    assert values, f"no data for {title}: {expr}"
+    assert any(math.isfinite(value) for value in values), f"only NaN for {title}: {values}"
+
+
+def test_alert_rules_load_and_evaluate_cleanly(prometheus: Prometheus) -> None:
+    time.sleep(1.5)  # at least one evaluation round (interval 1 s)
+    groups = prometheus.api("rules")["data"]["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert len(rules) == 6
+    for name, rule in rules.items():
+        assert rule["health"] == "ok", (name, rule.get("lastError"))
+    for healthy in ("TabserveModelNotLoaded", "TabserveHighErrorRatio"):
+        assert rules[healthy]["state"] == "inactive", rules[healthy]
