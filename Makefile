@@ -60,3 +60,23 @@ constraints: ## re-pin every dependency to what a fresh install resolves today
 
 clean: ## remove the venv and caches (not the model store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# --- Open Inference Protocol over gRPC (docs/protocols.md) ---------------------------------------
+.PHONY: grpc-stubs
+
+GRPC_PROTO := tabserve/protocols/grpc/inference.proto
+
+grpc-stubs: install ## regenerate the committed gRPC stubs from tabserve/protocols/grpc/inference.proto
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(GRPC_PROTO)
+
+# --- Observability (docs/observability.md) -------------------------------------------------------
+.PHONY: observe
+
+PROMETHEUS_PORT ?= 9090
+
+observe: install system-deps ## serve with a local Prometheus scraping it (http://127.0.0.1:$(PROMETHEUS_PORT))
+	$(BIN)/python train.py --if-missing
+	@$(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT) & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
+	echo "tabserve: http://$(HOST):$(PORT)   metrics: http://$(HOST):$(PORT)/metrics"; \
+	$(BIN)/python -m observability.local_prometheus --target $(HOST):$(PORT) --port $(PROMETHEUS_PORT)
