@@ -74,7 +74,8 @@ class Settings(BaseSettings):
         min_length=16,
         description="Bearer token required on the prediction routes (REST, gRPC, TabPy); unset = "
         "open. Probes, /metrics and the web page's static assets never need it. At least 16 "
-        "characters, so an empty or placeholder Secret fails at start-up instead of opening the API.",
+        "characters, so an empty or placeholder Secret fails at start-up instead of opening "
+        "the API.",
     )
 
     def tag_for(self, model_name: str) -> str:

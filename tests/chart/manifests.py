@@ -1,0 +1,63 @@
+"""Render the Helm chart with Helm's own Go engine (helm-python-sdk) and walk the objects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+CHART = PROJECT / "helm" / "tabserve"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RELEASE = "tabserve"
+NAMESPACE = "serving"
+
+Manifest = dict[str, Any]
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def render(values: dict[str, Any]) -> list[Manifest]:
+    """Every object the chart renders with these values (NOTES.txt left out)."""
+    rendered = helm_python.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE)
+    return [
+        manifest
+        for template, text in sorted(rendered.items())
+        if template.endswith(".yaml")
+        for manifest in yaml.safe_load_all(text)
+        if manifest
+    ]
+
+
+def only(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    """The one object of this kind (and name, when given)."""
+    found = [m for m in manifests if m["kind"] == kind and name in (None, m["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def service_config(manifests: list[Manifest]) -> dict[str, str]:
+    """The serving pods' environment: the ConfigMap named like the release (not a dashboard's)."""
+    return only(manifests, "ConfigMap", RELEASE)["data"]
+
+
+def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[str, Any]]]:
+    """(owner object, pod template {metadata, spec}) for every object that makes pods."""
+    for manifest in manifests:
+        match manifest["kind"]:
+            case "Pod":
+                yield manifest, manifest
+            case "Deployment" | "Job":
+                yield manifest, manifest["spec"]["template"]
+            case "CronJob":
+                yield manifest, manifest["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def serving_container(deployment: Manifest) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
