@@ -80,3 +80,23 @@ observe: install system-deps ## serve with a local Prometheus scraping it (http:
 	trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
 	echo "tabserve: http://$(HOST):$(PORT)   metrics: http://$(HOST):$(PORT)/metrics"; \
 	$(BIN)/python -m observability.local_prometheus --target $(HOST):$(PORT) --port $(PROMETHEUS_PORT)
+
+# --- Helm chart and plain manifests (helm/tabserve, k8s/) ----------------------------------------
+.PHONY: k8s checkov chart-test
+CHECKOV_VENV := $(VENV)/checkov
+
+k8s: install ## copy observability files into the chart; regenerate k8s/base from the chart
+	$(BIN)/python k8s/generate.py
+
+checkov: $(CHECKOV_VENV)/.installed ## the policy scanner, in its own venv (it pins many packages)
+
+$(CHECKOV_VENV)/.installed: tests/chart/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --requirement tests/chart/checkov-requirements.txt
+	@touch $@
+
+chart-test: install checkov ## lint, render, validate and policy-scan the chart
+	$(BIN)/python -m pytest tests/test_chart.py
+
+# The suite includes the chart's policy scan, which needs the checkov venv.
+test test-fast: checkov

@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9090, help="Prometheus port on 127.0.0.1")
     parser.add_argument("--interval", type=float, default=5.0, help="scrape interval, seconds")
     args = parser.parse_args()
+    # `kill` (make's trap, a supervisor) must stop Prometheus too: it runs in its own session.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with (
         tempfile.TemporaryDirectory(prefix="tabserve-prometheus-") as workdir,
         Prometheus.start([args.target], Path(workdir), args.interval, args.port) as prometheus,
