@@ -100,3 +100,14 @@ chart-test: install checkov ## lint, render, validate and policy-scan the chart
 
 # The suite includes the chart's policy scan, which needs the checkov venv.
 test test-fast: checkov
+
+# --- Clients: TabPy endpoints, the /ui/ page, query-string predictions, batch scoring ------------
+.PHONY: batch test-clients
+MODEL ?= churn
+
+batch: install ## score a CSV offline: make batch MODEL=churn INPUT=in.csv OUTPUT=out.csv
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make batch MODEL=churn INPUT=in.csv OUTPUT=out.csv"; exit 2; }
+	$(BIN)/python -m tabserve.batch --model $(MODEL) --input $(INPUT) --output $(OUTPUT)
+
+test-clients: install system-deps ## the TabPy, web page (headless Chromium) and batch tests
+	$(BIN)/python -m pytest tests/test_tabpy.py tests/test_web.py tests/test_batch.py

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tabserve import metrics
 from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput
 from tabserve.features import Feature, Kind
@@ -90,6 +91,9 @@ def validate_instances(model_name: str, instances: list[dict[str, Any]]) -> list
     try:
         request = request_model(model_name).model_validate({"instances": instances})
     except ValidationError as error:
-        raise InvalidInput.from_issues(error.errors(include_url=False)) from None
+        issues = error.errors(include_url=False)
+        # Counted like the V1 route's rejections (the batch command's process exports nothing).
+        metrics.record_rejection(model_name, metrics.rejection_reason(issues))
+        raise InvalidInput.from_issues(issues) from None
     names = MODELS[model_name].feature_names
     return [[getattr(instance, name) for name in names] for instance in request.instances]
