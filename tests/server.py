@@ -42,11 +42,19 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    grpc_port: int
 
     @classmethod
     @contextlib.contextmanager
     def start(cls, log: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
         port = free_port()
+        # Each server gets its own gRPC port on loopback: servers started by different tests
+        # (or a developer's `make serve`) must not silently share 8001 through SO_REUSEPORT.
+        env = {
+            "TABSERVE_GRPC_HOST": "127.0.0.1",
+            "TABSERVE_GRPC_PORT": str(free_port()),
+            **(env or {}),
+        }
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 [
@@ -59,12 +67,12 @@ class ServerProcess:
                     str(port),
                 ],
                 cwd=PROJECT,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped as one, workers included
             )
-        server = cls(process, f"http://127.0.0.1:{port}", log)
+        server = cls(process, f"http://127.0.0.1:{port}", log, int(env["TABSERVE_GRPC_PORT"]))
         try:
             server.wait_ready()
             yield server
