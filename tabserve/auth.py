@@ -2,13 +2,17 @@
 
 When no token is configured everything is open. When one is, every route of our HTTP app needs
 `Authorization: Bearer <token>` except the few listed in `OPEN_PATHS` (documentation, the web
-page's static assets, health). BentoML's own routes (/livez, /readyz, /metrics) never reach this
-app, so probes and Prometheus scrapes never need the token. The gRPC servicer calls
-`token_is_valid` on its `authorization` metadata.
+page's static assets, health). HTTP Basic with the token as password (any user name) is taken
+too: Tableau's TabPy connection and the TabPy client can only send a user name and password.
+BentoML's own routes (/livez, /readyz, /metrics) never reach this app, so probes and Prometheus
+scrapes never need the token. The gRPC servicer calls `token_is_valid` on its `authorization`
+metadata.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from http import HTTPStatus
 
@@ -21,11 +25,25 @@ from tabserve.settings import get_settings
 # Path prefixes served without a token: nothing here predicts or reveals a model's data.
 OPEN_PATHS = ("/ui", "/v1/docs", "/v1/openapi.json", "/v2/health/")
 
-_SCHEME = "bearer"
+
+def _offered_token(authorization_header: str) -> str | None:
+    """The token in `Bearer <token>`, or the password in `Basic base64(user:password)`."""
+    scheme, _, credentials = authorization_header.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, colon, password = decoded.partition(":")
+        return password if colon else None
+    return None
 
 
 def token_is_valid(authorization_header: str | None) -> bool:
-    """True when no token is configured, or the header is `Bearer <the token>`.
+    """True when no token is configured, or the header carries it (Bearer, or Basic password).
 
     The comparison takes the same time whatever the offered token, so the token cannot be
     guessed character by character from response times.
@@ -33,10 +51,10 @@ def token_is_valid(authorization_header: str | None) -> bool:
     expected = get_settings().api_token
     if expected is None:
         return True
-    scheme, _, offered = (authorization_header or "").strip().partition(" ")
-    if scheme.lower() != _SCHEME:
+    offered = _offered_token(authorization_header or "")
+    if offered is None:
         return False
-    return hmac.compare_digest(offered.strip().encode(), expected.get_secret_value().encode())
+    return hmac.compare_digest(offered.encode(), expected.get_secret_value().encode())
 
 
 def _is_open(path: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from tabserve.settings import Settings, get_settings
 from tests.server import ServerProcess
 
 TOKEN = "test-token-0123456789abcdef"
+
+
+def _basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 PREDICT = "/v1/models/iris:predict"
 BODY = {"instances": [MODELS["iris"].example_instance()]}
 
@@ -51,6 +58,10 @@ def test_predict_without_a_token_is_refused(client: httpx.Client) -> None:
         f"Bearer {TOKEN}x",
         f"Bearer {TOKEN[:-1]}",
         f"Basic {TOKEN}",
+        f"Basic {_basic('tableau', 'wrong-token-0123456789abcdef')}",
+        f"Basic {_basic('tableau', TOKEN + 'x')}",
+        "Basic bm90LWJhc2U2NA==",  # base64 of "not-base64": no colon, no password
+        "Basic %%%",
         TOKEN,
         "Bearer",
     ],
@@ -60,10 +71,22 @@ def test_predict_with_a_wrong_token_is_refused(client: httpx.Client, header: str
     _assert_refused(response, "the bearer token is not valid")
 
 
-def test_every_model_route_needs_the_token(client: httpx.Client) -> None:
-    for path in ("/v1/models", "/v1/models/churn", "/v1/models/nosuchmodel:predict"):
-        response = client.get(path) if "predict" not in path else client.post(path, json=BODY)
-        assert response.status_code == 401, path
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/churn"),
+        ("POST", "/v1/models/nosuchmodel:predict"),
+        ("POST", "/v2/models/iris/infer"),  # Open Inference Protocol REST
+        ("GET", "/v2/models/iris"),
+        ("POST", "/evaluate"),  # TabPy
+        ("POST", "/query/iris"),
+        ("GET", "/info"),
+    ],
+)
+def test_every_model_route_needs_the_token(client: httpx.Client, method: str, path: str) -> None:
+    """Deny by default: routes are refused before routing, so even ones added later are covered."""
+    assert client.request(method, path, json=BODY).status_code == 401
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
@@ -71,6 +94,12 @@ def test_predict_with_the_token_answers(client: httpx.Client, scheme: str) -> No
     response = client.post(PREDICT, json=BODY, headers={"Authorization": f"{scheme} {TOKEN}"})
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 1
+
+
+def test_predict_with_the_token_as_basic_password_answers(client: httpx.Client) -> None:
+    """What Tableau's TabPy connection sends: a user name and the token as password."""
+    response = client.post(PREDICT, json=BODY, auth=("tableau", TOKEN))
+    assert response.status_code == 200, response.text
 
 
 def test_a_bad_request_with_the_token_still_gets_its_own_error(client: httpx.Client) -> None:
