@@ -1,0 +1,94 @@
+"""`make loadtest`: one bounded, headless locust run with its reports and a threshold verdict.
+
+    python -m loadtests.run                          # starts a local server on free ports
+    python -m loadtests.run --host http://svc:3000 --grpc-target svc:8001
+    python -m loadtests.run --shape                  # step load: find the knee (stepload.py)
+    python -m loadtests.run --profile smoke --run-time 20
+
+Writes locust's CSV files, its HTML report, the server log and (with --shape) knee.json into
+reports/loadtest-<timestamp>/, checks loadtests/thresholds.yaml, exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from loadtests.thresholds import report
+from tests.server import ServerProcess, free_port
+
+LOADTESTS = Path(__file__).resolve().parent
+PROJECT = LOADTESTS.parent
+LOCUST = Path(sys.executable).with_name("locust")
+SCENARIOS = [LOADTESTS / "locustfile.py", LOADTESTS / "grpc_user.py"]
+STEP_SHAPE = LOADTESTS / "stepload.py"
+# Past the run time, locust gets this long to stop, write its reports and exit.
+EXIT_GRACE_S = 60
+
+
+@contextlib.contextmanager
+def target(host: str | None, grpc_target: str | None, out: Path) -> Iterator[tuple[str, str]]:
+    """(HTTP base URL, gRPC host:port): the given ones, or a local server started for the run."""
+    if host:
+        yield host, grpc_target or ""
+        return
+    grpc_port = free_port()
+    env = {"TABSERVE_GRPC_PORT": str(grpc_port), "TABSERVE_GRPC_HOST": "127.0.0.1"}
+    started = time.monotonic()
+    with ServerProcess.start(out / "server.log", env=env) as server:
+        print(f"local server {server.url} ready in {time.monotonic() - started:.1f} s")
+        yield server.url, f"127.0.0.1:{grpc_port}"
+
+
+def run_locust(args: argparse.Namespace, host: str, grpc_target: str, out: Path) -> None:
+    files = [*SCENARIOS, STEP_SHAPE] if args.shape else SCENARIOS
+    command = [
+        str(LOCUST),
+        "--config", str(LOADTESTS / "locust.conf"),
+        "-f", ",".join(map(str, files)),
+        "--host", host,
+        "--run-time", f"{args.run_time}s",
+        "--csv", str(out / "locust"),
+        "--html", str(out / "report.html"),
+        # Pass/fail is decided by the thresholds, not by locust's "any failure" exit code.
+        "--exit-code-on-error", "0",
+    ]  # fmt: skip
+    if args.users:
+        command += ["--users", str(args.users), "--spawn-rate", str(args.users)]
+    env = {**os.environ, "LOADTEST_KNEE_FILE": str(out / "knee.json")}
+    if grpc_target:
+        env["LOADTEST_GRPC_TARGET"] = grpc_target
+    print("$", " ".join(command))
+    subprocess.run(command, cwd=PROJECT, env=env, check=True, timeout=args.run_time + EXIT_GRACE_S)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="base URL of a running tabserve; default: start one")
+    parser.add_argument("--grpc-target", help="host:port of its gRPC server (default: host:8001)")
+    parser.add_argument("--profile", default="default", help="profile in thresholds.yaml")
+    parser.add_argument("--run-time", type=int, default=60, help="seconds of load (bounded)")
+    parser.add_argument("--users", type=int, help="concurrent users (default: locust.conf)")
+    parser.add_argument("--shape", action="store_true", help="step load to find the knee")
+    parser.add_argument("--reports", type=Path, default=PROJECT / "reports")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.reports / time.strftime("loadtest-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    with target(args.host, args.grpc_target, out) as (host, grpc_target):
+        run_locust(args, host, grpc_target, out)
+    print(f"reports: {out}")
+    return 0 if report(out / "locust_stats.csv", args.profile) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
