@@ -111,3 +111,12 @@ batch: install ## score a CSV offline: make batch MODEL=churn INPUT=in.csv OUTPU
 
 test-clients: install system-deps ## the TabPy, web page (headless Chromium) and batch tests
 	$(BIN)/python -m pytest tests/test_tabpy.py tests/test_web.py tests/test_batch.py
+
+# --- OCI image and graceful shutdown (bentofile.yaml, scripts/build-image.sh, docs/image.md) ----
+.PHONY: image test-image
+
+image: install system-deps ## build the OCI image; prints its reference tabserve:<bento version>
+	@bash scripts/build-image.sh
+
+test-image: install system-deps ## build and run the image, and the graceful shutdown test
+	$(BIN)/python -m pytest tests/test_image.py tests/test_graceful_shutdown.py

@@ -12,6 +12,9 @@ Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: t
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from types import FrameType
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -35,12 +38,30 @@ def _model_attribute(model_name: str) -> str:
     return f"{model_name}_model"
 
 
+def _stop_later_on_sigterm(delay_s: float) -> None:
+    """Defer this process's SIGTERM handler (uvicorn's: stop listening, finish, exit) by delay_s.
+
+    On SIGTERM `bentoml serve` signals the API workers and the runner at the same moment. The
+    runner would close its socket at once, and every request an API worker had accepted but not
+    yet forwarded would fail with 500 (seen in tests/test_graceful_shutdown.py). The runner keeps
+    answering for delay_s while the API workers, which stop accepting at once, drain.
+    """
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def deferred(signum: int, frame: FrameType | None) -> None:
+        if callable(stop):
+            threading.Timer(delay_s, stop, (signum, frame)).start()
+
+    signal.signal(signal.SIGTERM, deferred)
+
+
 class ModelRunner:
     """All models in one process: each gets its own batch queue, and they share the memory
     and the start-up cost of one Python process (one process per model would cost ~150 MB each
     on a 2-core pod for no gain: the models are small and CPU-bound)."""
 
     def __init__(self) -> None:
+        _stop_later_on_sigterm(settings.shutdown_drain_s)
         metrics.record_models_loading(MODELS)
         self.loaded = {
             name: LoadedModel(spec, getattr(self, _model_attribute(name)), settings.model_threads)

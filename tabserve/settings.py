@@ -78,6 +78,15 @@ class Settings(BaseSettings):
         "the API.",
     )
 
+    # --- shutdown -------------------------------------------------------------------------------
+    shutdown_drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="After SIGTERM the model runner keeps answering this long before it stops, "
+        "so the API workers can finish the requests they accepted (BentoML signals every "
+        "process at once). Keep preStop pause + this well under terminationGracePeriodSeconds.",
+    )
+
     def tag_for(self, model_name: str) -> str:
         return self.model_tags.get(model_name, f"{model_name}:latest")
 
