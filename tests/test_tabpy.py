@@ -13,6 +13,7 @@ from tabpy.tabpy_tools.client import Client
 from tabpy.tabpy_tools.rest import ResponseError
 
 from tabserve.catalog import MODELS
+from tests.server import ServerProcess
 
 IRIS_ROWS = [
     {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2},
@@ -244,3 +245,17 @@ def test_non_json_content_type_is_415(server) -> None:
     )
     assert answer.status_code == 415
     assert "application/json" in answer.json()["message"]
+
+
+# --- with a token: Tableau signs in with Basic credentials, the token as password ----------------
+def test_token_server_takes_tabpy_client_credentials(trained_store, tmp_path: Path) -> None:
+    token = "tabpy-test-token-0123456789"
+    with ServerProcess.start(tmp_path / "serve.log", env={"TABSERVE_API_TOKEN": token}) as server:
+        features = httpx.get(f"{server.url}/info", auth=("tableau", token)).json()["versions"]
+        assert features["v1"]["features"]["authentication"]["methods"] == {"basic-auth": {}}
+        client = Client(f"{server.url}/")
+        with pytest.raises(ResponseError) as raised:
+            client.query("iris", *columns(IRIS_ROWS, "iris"))
+        assert raised.value.status_code == 401
+        client.set_credentials("tableau", token)
+        assert len(client.query("iris", *columns(IRIS_ROWS, "iris"))["response"]) == 3

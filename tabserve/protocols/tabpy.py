@@ -36,6 +36,7 @@ from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, Servi
 from tabserve.instances import loosen, validate_instances
 from tabserve.protocols.http import dataplane, read_json_body
 from tabserve.schemas import ErrorDetail, PredictResponse
+from tabserve.settings import get_settings
 
 SCRIPT_FORM = "return tabpy.query('<endpoint>', _arg1, ..., _argN)['response']"
 # A real script of that form is a few hundred characters; the cap keeps the parser's work small.
@@ -245,6 +246,18 @@ def _script_columns(target: Endpoint, names: list[str], data: dict[str, Any]) ->
 
 
 # --- routes ---------------------------------------------------------------------------------------
+def _features() -> dict[str, Any]:
+    features: dict[str, Any] = {
+        "evaluate_enabled": True,
+        "gzip_enabled": False,
+        "arrow_enabled": False,
+    }
+    if get_settings().api_token is not None:
+        # As TabPy says it: Tableau then sends the user name and password (the token) as Basic.
+        features["authentication"] = {"required": True, "methods": {"basic-auth": {}}}
+    return features
+
+
 @router.get("/info", summary="TabPy server information")
 async def info() -> dict[str, Any]:
     return {
@@ -253,15 +266,7 @@ async def info() -> dict[str, Any]:
         "state_path": "",
         "server_version": __version__,
         "name": "tabserve",
-        "versions": {
-            "v1": {
-                "features": {
-                    "evaluate_enabled": True,
-                    "gzip_enabled": False,
-                    "arrow_enabled": False,
-                }
-            }
-        },
+        "versions": {"v1": {"features": _features()}},
     }
 
 
