@@ -1,12 +1,18 @@
-"""Shared by the HTTP front ends: reading a bounded JSON body, finding the data plane."""
+"""Shared by the HTTP front ends: reading a bounded JSON body, finding the data plane, and
+answering errors in each protocol's own error body."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import bentoml
+from fastapi.routing import APIRoute
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from tabserve.dataplane import DataPlane
-from tabserve.errors import PayloadTooLarge, UnsupportedMediaType
+from tabserve.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
 from tabserve.settings import get_settings
 
 
@@ -37,3 +43,22 @@ async def read_json_body(request: Request) -> bytes:
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
+
+
+def error_route(render: Callable[[ServingError], dict[str, Any]]) -> type[APIRoute]:
+    """A route class answering ServingErrors with `render(error)` as the JSON body, so a
+    protocol with its own error shape (V2, TabPy) keeps the status table of errors.py."""
+
+    class ProtocolErrorRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except ServingError as error:
+                    return JSONResponse(render(error), status_code=error.status)
+
+            return handle
+
+    return ProtocolErrorRoute

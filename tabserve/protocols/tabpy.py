@@ -20,13 +20,10 @@ import re
 import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from tabserve import __version__
@@ -34,7 +31,7 @@ from tabserve.catalog import MODELS, ModelSpec
 from tabserve.dataplane import DataPlane
 from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ServingError
 from tabserve.instances import loosen, validate_instances
-from tabserve.protocols.http import dataplane, read_json_body
+from tabserve.protocols.http import dataplane, error_route, read_json_body
 from tabserve.schemas import ErrorDetail, PredictResponse
 from tabserve.settings import get_settings
 
@@ -103,25 +100,13 @@ def find_endpoint(name: str) -> Endpoint:
 
 
 # --- errors in TabPy's shape ----------------------------------------------------------------------
-class TabPyRoute(APIRoute):
-    """Answers a ServingError with TabPy's error body instead of the V1 one."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServingError as error:
-                info = {"details": [detail.model_dump() for detail in error.details]}
-                return JSONResponse(
-                    {"message": error.message, "info": info}, status_code=error.status
-                )
-
-        return handle
+def _tabpy_error(error: ServingError) -> dict[str, Any]:
+    """TabPy's error body, which its own client reads."""
+    details = [detail.model_dump() for detail in error.details]
+    return {"message": error.message, "info": {"details": details}}
 
 
-router = APIRouter(tags=["Tableau (TabPy)"], route_class=TabPyRoute)
+router = APIRouter(tags=["Tableau (TabPy)"], route_class=error_route(_tabpy_error))
 Plane = Annotated[DataPlane, Depends(dataplane)]
 
 

@@ -15,17 +15,15 @@ header's size and each binary input says its size in `parameters.binary_data_siz
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tabserve.dataplane import DataPlane
-from tabserve.errors import ModelUnavailable, ServingError, field_path
-from tabserve.protocols.http import dataplane, read_json_body
+from tabserve.errors import ModelUnavailable, field_path
+from tabserve.protocols.http import dataplane, error_route, read_json_body
 from tabserve.protocols.oip import (
     OUTPUT_NAMES,
     InferenceRequest,
@@ -40,22 +38,11 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
 
 
-class V2Route(APIRoute):
-    """Answers a ServingError with the protocol's error body instead of the V1 one."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServingError as error:
-                return JSONResponse({"error": error_text(error)}, status_code=error.status)
-
-        return handle
-
-
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2 REST)"], route_class=V2Route)
+router = APIRouter(
+    prefix="/v2",
+    tags=["Open Inference Protocol (V2 REST)"],
+    route_class=error_route(lambda error: {"error": error_text(error)}),
+)
 
 
 def open_inference(plane: Annotated[DataPlane, Depends(dataplane)]) -> OpenInference:
