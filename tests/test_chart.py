@@ -350,10 +350,21 @@ def test_rollouts_drop_no_requests(default_objects: list[Manifest]) -> None:
     assert only(default_objects, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
 
 
-def test_metrics_directory_is_writable(default_objects: list[Manifest]) -> None:
-    container = serving_container(only(default_objects, "Deployment"))
-    paths = {mount["mountPath"] for mount in container["volumeMounts"]}
-    assert "/home/bentoml/prometheus_multiproc_dir" in paths
+def test_bentoml_home_is_a_writable_volume() -> None:
+    """BentoML creates directories (its stores, the workers' shared metrics) under BENTOML_HOME
+    at start-up: with a read-only root filesystem it must be an emptyDir (seen failing with
+    `Read-only file system: '/home/bentoml/bentos'` in the image otherwise)."""
+    values = {"batch": {"enabled": True, "existingClaim": "data"}}
+    objects = render(values)
+    home = service_config(objects)["BENTOML_HOME"]
+    for owner, template in pod_templates(objects):
+        if owner["kind"] == "Pod":
+            continue  # the helm test pod only imports the catalog; BentoML does not start
+        volumes = {v["name"] for v in template["spec"]["volumes"] if "emptyDir" in v}
+        (container,) = template["spec"]["containers"]
+        mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounted.get(home) in volumes, f"{owner['kind']}: BENTOML_HOME is not writable"
+        assert {"configMapRef": {"name": "tabserve"}} in container["envFrom"]
 
 
 # --- cross-checks against a real server -------------------------------------------------------

@@ -126,3 +126,8 @@ checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no
 {{- if .context.Values.auth.enabled }}{{ $checks = append $checks "CKV_K8S_35" }}{{ end -}}
 {{- include "tabserve.checkovSkips" (concat $checks .extra) -}}
 {{- end -}}
+
+{{/* The bento's source directory in the image: `tabserve` is importable from there. */}}
+{{- define "tabserve.sourceDir" -}}
+{{- printf "%s/src" (trimSuffix "/" .Values.bentoPath) -}}
+{{- end -}}
