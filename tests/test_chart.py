@@ -323,6 +323,16 @@ def test_ingress_and_service_monitor_point_at_the_service(value_set: tuple) -> N
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= service_ports
 
 
+def test_the_token_env_reads_the_rendered_secret() -> None:
+    objects = render({"auth": {"enabled": True, "token": "a-token-of-16-chars-or-more"}})
+    secret = only(objects, "Secret")
+    for _, template in pod_templates(objects):  # the serving pods and the helm test pod
+        (container,) = template["spec"]["containers"]
+        (env,) = [e for e in container["env"] if e["name"] == "TABSERVE_API_TOKEN"]
+        ref = env["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"]
+
+
 def test_pods_are_locked_down(value_set: tuple) -> None:
     _, objects = value_set
     for owner, template in pod_templates(objects):
