@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.declared_metrics import BENTOML, TABSERVE
-from tests.server import ServerProcess
+from tests.own_home_server import own_home_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -41,8 +43,11 @@ def label_values(samples: Samples, name: str, label: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> httpx.Client:
-    with httpx.Client(base_url=server.url, timeout=30) as session:
+def client(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    with (
+        own_home_server(trained_store, tmp_path_factory.mktemp("metrics")) as server,
+        httpx.Client(base_url=server.url, timeout=30) as session,
+    ):
         yield session
 
 
@@ -197,14 +202,14 @@ def test_model_info_loaded_and_training_scores(client: httpx.Client) -> None:
 
 
 def test_several_workers_of_both_services_are_merged_into_one_scrape(
-    trained_store, tmp_path
+    trained_store: Path, tmp_path: Path
 ) -> None:
     """2 API workers and 2 runner workers: every scrape, whichever worker answers it, counts the
     requests and model calls of all four processes."""
     env = {"TABSERVE_API_WORKERS": "2", "TABSERVE_RUNNER_WORKERS": "2"}
     requests = 60
     with (
-        ServerProcess.start(tmp_path / "serve.log", env=env) as server,
+        own_home_server(trained_store, tmp_path, env) as server,
         httpx.Client(base_url=server.url, timeout=30) as session,
     ):
         rows = instances("spam", requests)

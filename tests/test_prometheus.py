@@ -23,6 +23,7 @@ from observability.local_prometheus import Prometheus
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
+from tests.own_home_server import own_home_server
 from tests.server import ServerProcess
 
 DASHBOARDS = sorted((Path(__file__).parent.parent / "observability" / "dashboards").glob("*.json"))
@@ -35,8 +36,10 @@ VARIABLES = {
     "$deployment": "tabserve",
 }
 METRIC_NAME = re.compile(r"\b((?:tabserve|bentoml|kube|container)_[a-zA-Z0-9_]+)")
-LOAD_REQUESTS = 300
-LOAD_SECONDS = 30
+# Bounded both ways: at most this many requests, for at most this long; long enough to span
+# several scrapes, since rate() only sees what grows between two of them.
+LOAD_REQUESTS = 2000
+LOAD_SECONDS = 10
 
 
 def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -122,9 +125,13 @@ def _load(server: ServerProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    target = server.url.removeprefix("http://")
-    with Prometheus.start([target], tmp_path_factory.mktemp("prometheus"), 1.0) as running:
+def prometheus(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    workdir = tmp_path_factory.mktemp("prometheus")
+    with (
+        own_home_server(trained_store, workdir) as server,
+        Prometheus.start([server.url.removeprefix("http://")], workdir, 1.0) as running,
+    ):
+        _wait_for_first_scrape(running)
         outcomes = _load(server)
         # The machine is shared: the time bound may cut the load short, but never to nothing.
         assert outcomes.get("200", 0) >= 50, outcomes
@@ -132,6 +139,14 @@ def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
         assert outcomes.get("422", 0) > 0 and outcomes.get("404", 0) > 0, outcomes
         _wait_for_scrape(running, min_predictions=outcomes["200"])
         yield running
+
+
+def _wait_for_first_scrape(prometheus: Prometheus) -> None:
+    """Before the load: counters first seen already grown would show no rate at all."""
+    deadline = time.monotonic() + 20
+    while not prometheus.query("up == 1")["data"]["result"]:
+        assert time.monotonic() < deadline, "Prometheus did not scrape tabserve in 20 s"
+        time.sleep(0.2)
 
 
 def _wait_for_scrape(prometheus: Prometheus, min_predictions: int) -> None:
@@ -143,7 +158,8 @@ def _wait_for_scrape(prometheus: Prometheus, min_predictions: int) -> None:
             time.sleep(2)  # one or two more scrapes: rate() needs two samples after the load
             return
         time.sleep(0.5)
-    pytest.fail("Prometheus did not scrape the load's predictions in 20 s")
+    targets = prometheus.api("targets")["data"]["activeTargets"]
+    pytest.fail(f"Prometheus did not scrape the load's predictions in 20 s: {targets}")
 
 
 def test_prometheus_scrapes_the_service_port(prometheus: Prometheus) -> None:
