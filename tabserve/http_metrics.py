@@ -14,6 +14,7 @@ Two jobs, one rule (a path becomes the template of the route it matches, or `<un
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -114,6 +115,9 @@ def bound_endpoint_labels(exposition: str, label: Callable[[str], str]) -> str:
     end up with the same labels are summed (counters, histogram buckets, in-progress gauges:
     all of BentoML's endpoint-labelled series are sums)."""
     families = list(text_string_to_metric_families(exposition))
+    # One route match per distinct path, not per sample (a histogram has ~15 per path); the
+    # cache lives for this call only, so junk paths cannot grow it.
+    label = functools.cache(label)
     for family in families:
         if any("endpoint" in sample.labels for sample in family.samples):
             family.samples = _merged(family.samples, label)
