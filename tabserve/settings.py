@@ -53,6 +53,26 @@ class Settings(BaseSettings):
         description="Longest a request may wait in the runner's queue before it is refused "
         "with 503 (BentoML's max_latency_ms).",
     )
+    batch_max_wait_ms: float = Field(
+        0,
+        ge=0,
+        description="Longest the runner holds a request, while the model is idle, to gather a "
+        "bigger batch. 0 = send it at once: batches still form from the requests that arrive "
+        "while a model call runs. BentoML's own estimate of this wait grows under load and "
+        "then taxes every request at low load (docs/performance.md).",
+    )
+
+    # --- per-request logging --------------------------------------------------------------------
+    access_log: bool = Field(
+        False,
+        description="Log every HTTP request (BentoML's access log) in the API and the runner. "
+        "Off by default: it costs as much CPU as a single-row prediction (docs/performance.md).",
+    )
+    trace_requests: bool = Field(
+        False,
+        description="OpenTelemetry spans for every request, exported when a BentoML tracing "
+        "exporter is configured. Off by default, as spans nobody exports still cost CPU.",
+    )
 
     # --- gRPC (Open Inference Protocol; tabserve/protocols/grpc) ----------------------------------
     grpc_port: int = Field(

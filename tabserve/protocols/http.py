@@ -16,8 +16,9 @@ from tabserve.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
 from tabserve.settings import get_settings
 
 
-def dataplane() -> DataPlane:
-    """FastAPI dependency: the data plane of the running API service instance."""
+async def dataplane() -> DataPlane:
+    """FastAPI dependency: the data plane of the running API service instance. Async, so
+    FastAPI calls it on the event loop instead of handing it to a worker thread per request."""
     return bentoml.get_current_service().dataplane
 
 
