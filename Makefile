@@ -120,3 +120,24 @@ image: install system-deps ## build the OCI image; prints its reference tabserve
 
 test-image: install system-deps ## build and run the image, and the graceful shutdown test
 	$(BIN)/python -m pytest tests/test_image.py tests/test_graceful_shutdown.py
+
+# --- Load tests and the side-by-side benchmark (loadtests/, docs/performance.md) -----------------
+.PHONY: loadtest bench
+MLSERVER_VENV := build/mlserver-venv
+# make loadtest HOST_URL=http://svc:3000 GRPC_TARGET=svc:8001 loads a running server instead of
+# starting one; LOADTEST_ARGS="--shape" finds the knee, "--run-time 30 --users 8" etc.
+LOADTEST_ARGS ?=
+
+loadtest: install ## locust, headless, bounded; reports/loadtest-<time>/; fails on broken thresholds
+	$(if $(HOST_URL),,$(BIN)/python train.py --if-missing)
+	$(BIN)/python -m loadtests.run $(if $(HOST_URL),--host $(HOST_URL)) $(if $(GRPC_TARGET),--grpc-target $(GRPC_TARGET)) $(LOADTEST_ARGS)
+
+$(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/pip install --quiet --requirement loadtests/baselines/mlserver-requirements.txt
+	@touch $@
+
+bench: install $(MLSERVER_VENV)/.installed ## ~13 min: tabserve vs Flask, gunicorn, MLServer; reports/bench-<time>/
+	$(BIN)/python train.py --if-missing
+	$(BIN)/python -m loadtests.bench.run

@@ -1,0 +1,1 @@
+"""Peers of tabserve in `make bench`: the seed-style Flask app and MLServer's settings."""

@@ -1,0 +1,182 @@
+"""Run one server, load it with locust, and measure it from the outside.
+
+CPU seconds and resident memory are summed over the server's whole process tree (BentoML's
+API and runner workers, gunicorn's workers, MLServer's inference pool), sampled by psutil.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from loadtests.bench.peers import PROJECT, Peer, Ports
+from tests.server import free_port
+
+LOCUST = Path(sys.executable).with_name("locust")
+BENCH_LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+READY_TIMEOUT_S = 120
+RSS_SAMPLE_S = 0.2
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return [root, *root.children(recursive=True)]
+    return []
+
+
+def cpu_seconds(root: psutil.Process) -> float:
+    """User + system CPU time of the process and all its live descendants."""
+    total = 0.0
+    for process in _tree(root):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_bytes(root: psutil.Process) -> int:
+    total = 0
+    for process in _tree(root):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total
+
+
+class PeakRss:
+    """Samples the tree's total RSS in a thread; `peak` is the highest sum seen."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.peak = rss_bytes(root)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            self.peak = max(self.peak, rss_bytes(self.root))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@dataclass
+class RunningServer:
+    peer: Peer
+    url: str
+    process: subprocess.Popen[bytes]
+    ready_s: float
+    rss: PeakRss
+
+    @property
+    def root(self) -> psutil.Process:
+        return self.rss.root
+
+
+@contextlib.contextmanager
+def serve(peer: Peer, work: Path) -> Iterator[RunningServer]:
+    """Start the peer, wait until its ready URL answers 200, stop its process group after."""
+    http, *extra = (free_port() for _ in range(3))
+    ports = Ports(http, tuple(extra[:2]))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **peer.env}
+    if peer.ours:
+        env |= {"TABSERVE_GRPC_PORT": str(extra[0]), "TABSERVE_GRPC_HOST": "127.0.0.1"}
+    log = (work / "server.log").open("wb")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        peer.command(ports, work),
+        cwd=PROJECT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as one, workers included
+    )
+    url = f"http://127.0.0.1:{http}"
+    try:
+        ready_s = _wait_ready(process, url + peer.ready_path, started, work / "server.log")
+        yield RunningServer(peer, url, process, ready_s, PeakRss(psutil.Process(process.pid)))
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _wait_ready(process: subprocess.Popen, url: str, started: float, log: Path) -> float:
+    while time.monotonic() - started < READY_TIMEOUT_S:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - started
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready in {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_s_per_1k: float
+
+
+def load(server: RunningServer, users: int, seconds: int, bodies: Path, out: Path) -> LoadResult:
+    """`users` closed-loop locust users for `seconds` (after all have started)."""
+    prefix = out / f"{server.peer.name}-{users}u"
+    command = [
+        str(LOCUST), "-f", str(BENCH_LOCUSTFILE), "--headless", "--only-summary",
+        "--host", server.url, "--users", str(users), "--spawn-rate", str(users),
+        "--run-time", f"{seconds}s", "--stop-timeout", "5",
+        "--csv", str(prefix), "--exit-code-on-error", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_PATH": server.peer.predict_path}
+    cpu_before = cpu_seconds(server.root)
+    subprocess.run(
+        command,
+        cwd=PROJECT,
+        env=env,
+        check=True,
+        timeout=seconds + 60,
+        stdout=subprocess.DEVNULL,
+        stderr=(out / f"{server.peer.name}-{users}u.log").open("wb"),
+    )
+    cpu = cpu_seconds(server.root) - cpu_before
+    with Path(f"{prefix}_stats.csv").open(newline="") as handle:
+        total = next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+    requests = int(total["Request Count"])
+    return LoadResult(
+        requests=requests,
+        failures=int(total["Failure Count"]),
+        rps=float(total["Requests/s"]),
+        p50_ms=float(total["50%"]),
+        p95_ms=float(total["95%"]),
+        p99_ms=float(total["99%"]),
+        cpu_s_per_1k=cpu / requests * 1000 if requests else float("nan"),
+    )
