@@ -48,9 +48,17 @@ class ServerProcess:
     @contextlib.contextmanager
     def start(cls, log: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
         port = free_port()
+        # Each server gets a BentoML home of its own, with the trained models linked in: BentoML
+        # empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts, so servers
+        # sharing a home would lose each other's metrics.
+        home = log.parent / f"bentoml-home-{port}"
+        home.mkdir()
+        store = Path(os.environ["BENTOML_HOME"]) / "models"
+        (home / "models").symlink_to(store, target_is_directory=True)
         # Each server gets its own gRPC port on loopback: servers started by different tests
         # (or a developer's `make serve`) must not silently share 8001 through SO_REUSEPORT.
         env = {
+            "BENTOML_HOME": str(home),
             "TABSERVE_GRPC_HOST": "127.0.0.1",
             "TABSERVE_GRPC_PORT": str(free_port()),
             **(env or {}),

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.declared_metrics import BENTOML, TABSERVE
-from tests.own_home_server import own_home_server
+from tests.server import ServerProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -45,7 +45,7 @@ def label_values(samples: Samples, name: str, label: str) -> set[str]:
 @pytest.fixture(scope="module")
 def client(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     with (
-        own_home_server(trained_store, tmp_path_factory.mktemp("metrics")) as server,
+        ServerProcess.start(tmp_path_factory.mktemp("metrics") / "serve.log") as server,
         httpx.Client(base_url=server.url, timeout=30) as session,
     ):
         yield session
@@ -209,7 +209,7 @@ def test_several_workers_of_both_services_are_merged_into_one_scrape(
     env = {"TABSERVE_API_WORKERS": "2", "TABSERVE_RUNNER_WORKERS": "2"}
     requests = 60
     with (
-        own_home_server(trained_store, tmp_path, env) as server,
+        ServerProcess.start(tmp_path / "serve.log", env) as server,
         httpx.Client(base_url=server.url, timeout=30) as session,
     ):
         rows = instances("spam", requests)

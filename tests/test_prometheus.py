@@ -23,7 +23,6 @@ from observability.local_prometheus import Prometheus
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
-from tests.own_home_server import own_home_server
 from tests.server import ServerProcess
 
 DASHBOARDS = sorted((Path(__file__).parent.parent / "observability" / "dashboards").glob("*.json"))
@@ -128,7 +127,7 @@ def _load(server: ServerProcess) -> dict[str, int]:
 def prometheus(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     workdir = tmp_path_factory.mktemp("prometheus")
     with (
-        own_home_server(trained_store, workdir) as server,
+        ServerProcess.start(workdir / "serve.log") as server,
         Prometheus.start([server.url.removeprefix("http://")], workdir, 1.0) as running,
     ):
         _wait_for_first_scrape(running)
