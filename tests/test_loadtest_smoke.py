@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
+import yaml
 
 from loadtests.thresholds import AGGREGATED, check, load_profile, read_stats
-from tabserve.settings import get_settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_TIME_S = 20
@@ -26,8 +27,7 @@ def smoke_run(server, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, st
     command = [
         sys.executable, "-m", "loadtests.run",
         "--host", server.url,
-        # The session server's gRPC port: the settings default, as nothing overrides it.
-        "--grpc-target", f"127.0.0.1:{get_settings().grpc_port}",
+        "--grpc-target", f"127.0.0.1:{server.grpc_port}",
         "--profile", "smoke",
         "--run-time", str(RUN_TIME_S),
         "--users", "10",
@@ -91,3 +91,23 @@ def test_a_run_without_requests_fails(tmp_path: Path) -> None:
     stats_csv.write_text("Type,Name,Request Count,Failure Count,Requests/s\n,Aggregated,0,0,0\n")
     checks = check(read_stats(stats_csv), load_profile("smoke"))
     assert [item.ok for item in checks] == [False]
+
+
+@pytest.mark.parametrize("kube_version", ["1.30.0", "1.37.0"])
+def test_in_cluster_manifests_are_valid_kubernetes(kube_version: str) -> None:
+    """loadtests/k8s: master Job + Service and worker Job, strictly schema-valid."""
+    manifests = [
+        document
+        for path in sorted((PROJECT / "loadtests" / "k8s").glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+    ]
+    assert {m["kind"] for m in manifests} == {"Job", "Service"}
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, kube_version, strict=True)
+    jobs = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Job"}
+    master_args = jobs["tabserve-locust-master"]["spec"]["template"]["spec"]["containers"][0]
+    worker = jobs["tabserve-locust-workers"]["spec"]["template"]["spec"]["containers"][0]
+    # Every run is bounded, and the workers find the master's Service.
+    assert all(job["spec"]["activeDeadlineSeconds"] <= 900 for job in jobs.values())
+    assert any(arg.startswith("--run-time=") for arg in master_args["args"])
+    assert "--master-host=tabserve-locust-master" in worker["args"]
