@@ -11,6 +11,7 @@ Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: t
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -40,6 +41,17 @@ settings = get_settings()
 # The media type BentoML infers for an array anyway, declared so that BentoML does not rebuild
 # the output's JSON schema on every response to infer it (12% of the runner's CPU under load).
 JsonArray = Annotated[np.ndarray, ContentType("application/json")]
+
+
+def _freeze_startup_objects() -> None:
+    """Exclude everything built at start-up (modules, models, app) from garbage collection.
+
+    A worker holds ~225k long-lived objects, and each full collection walked them all: a
+    100-150 ms pause of every request in flight, the p99 under load. Frozen, a full collection
+    only sees what requests allocate (CPython's gc.freeze, meant for exactly this).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _model_attribute(model_name: str) -> str:
@@ -77,6 +89,7 @@ class ModelRunner:
         }
         for model in self.loaded.values():
             metrics.record_model_loaded(model.info)
+        _freeze_startup_objects()
 
     @bentoml.api
     def describe(self) -> list[dict]:
@@ -153,6 +166,7 @@ class ModelAPI:
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
         self.grpc_server: GrpcServer | None = None
+        _freeze_startup_objects()
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
