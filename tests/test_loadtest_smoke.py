@@ -5,6 +5,7 @@ checked against the `smoke` thresholds; and the threshold checker failing on bro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,26 @@ def test_thresholds_fail_when_the_measurements_break_them(smoke_run) -> None:
     # The committed profiles are well-formed: each has every kind of limit.
     for profile in ("default", "smoke"):
         assert {"max_failure_ratio", "min_rps", "p99_ms"} <= set(load_profile(profile))
+
+
+def test_step_load_records_every_step_and_the_knee(server, tmp_path: Path) -> None:
+    """The knee finder, for real: two short steps, each step's rate and p99 in knee.json."""
+    env = {
+        **os.environ,
+        "LOCUST_USER_CLASSES": "HotPathUser",
+        "LOADTEST_STEP_USERS": "1,3",
+        "LOADTEST_STEP_S": "4",
+        "LOADTEST_SLO_P99_MS": "60000",  # never crossed here: both steps run
+        "LOADTEST_THINK_MS": "20",
+    }
+    command = [sys.executable, "-m", "loadtests.run", "--host", server.url, "--shape",
+               "--profile", "smoke", "--run-time", "30", "--reports", str(tmp_path)]  # fmt: skip
+    subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, timeout=120)
+    (folder,) = tmp_path.iterdir()
+    summary = json.loads((folder / "knee.json").read_text())
+    assert [step["users"] for step in summary["steps"]] == [1, 3]
+    assert all(step["rps"] > 0 and step["failure_ratio"] == 0 for step in summary["steps"])
+    assert summary["knee"] == max(summary["steps"], key=lambda step: step["rps"])
 
 
 def test_a_run_without_requests_fails(tmp_path: Path) -> None:
