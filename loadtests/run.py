@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loadtests.thresholds import report
-from tests.server import ServerProcess, free_port
+from tests.server import ServerProcess
 
 LOADTESTS = Path(__file__).resolve().parent
 PROJECT = LOADTESTS.parent
@@ -38,12 +38,12 @@ def target(host: str | None, grpc_target: str | None, out: Path) -> Iterator[tup
     if host:
         yield host, grpc_target or ""
         return
-    grpc_port = free_port()
-    env = {"TABSERVE_GRPC_PORT": str(grpc_port), "TABSERVE_GRPC_HOST": "127.0.0.1"}
+    # The server links the models of this BentoML home (BentoML's default one unless set).
+    os.environ.setdefault("BENTOML_HOME", str(Path.home() / "bentoml"))
     started = time.monotonic()
-    with ServerProcess.start(out / "server.log", env=env) as server:
+    with ServerProcess.start(out / "server.log") as server:
         print(f"local server {server.url} ready in {time.monotonic() - started:.1f} s")
-        yield server.url, f"127.0.0.1:{grpc_port}"
+        yield server.url, f"127.0.0.1:{server.grpc_port}"
 
 
 def run_locust(args: argparse.Namespace, host: str, grpc_target: str, out: Path) -> None:
