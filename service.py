@@ -11,21 +11,13 @@ Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: t
 
 from __future__ import annotations
 
-import gc
 import os
-import signal
-import threading
-from types import FrameType
-from typing import Annotated
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import bentoml
-import numpy as np
-from bentoml._internal.marshal import dispatcher as bentoml_dispatcher
-from bentoml.validators import ContentType
 
-from tabserve import metrics
+from tabserve import bentoml_runtime, metrics
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
@@ -38,41 +30,8 @@ from tabserve.settings import get_settings
 settings = get_settings()
 
 
-# The media type BentoML infers for an array anyway, declared so that BentoML does not rebuild
-# the output's JSON schema on every response to infer it (12% of the runner's CPU under load).
-JsonArray = Annotated[np.ndarray, ContentType("application/json")]
-
-
-def _freeze_startup_objects() -> None:
-    """Exclude everything built at start-up (modules, models, app) from garbage collection.
-
-    A worker holds ~225k long-lived objects, and each full collection walked them all: a
-    100-150 ms pause of every request in flight, the p99 under load. Frozen, a full collection
-    only sees what requests allocate (CPython's gc.freeze, meant for exactly this).
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def _model_attribute(model_name: str) -> str:
     return f"{model_name}_model"
-
-
-def _stop_later_on_sigterm(delay_s: float) -> None:
-    """Defer this process's SIGTERM handler (uvicorn's: stop listening, finish, exit) by delay_s.
-
-    On SIGTERM `bentoml serve` signals the API workers and the runner at the same moment. The
-    runner would close its socket at once, and every request an API worker had accepted but not
-    yet forwarded would fail with 500 (seen in tests/test_graceful_shutdown.py). The runner keeps
-    answering for delay_s while the API workers, which stop accepting at once, drain.
-    """
-    stop = signal.getsignal(signal.SIGTERM)
-
-    def deferred(signum: int, frame: FrameType | None) -> None:
-        if callable(stop):
-            threading.Timer(delay_s, stop, (signum, frame)).start()
-
-    signal.signal(signal.SIGTERM, deferred)
 
 
 class ModelRunner:
@@ -81,7 +40,7 @@ class ModelRunner:
     on a 2-core pod for no gain: the models are small and CPU-bound)."""
 
     def __init__(self) -> None:
-        _stop_later_on_sigterm(settings.shutdown_drain_s)
+        bentoml_runtime.stop_later_on_sigterm(settings.shutdown_drain_s)
         metrics.record_models_loading(MODELS)
         self.loaded = {
             name: LoadedModel(spec, getattr(self, _model_attribute(name)), settings.model_threads)
@@ -89,7 +48,7 @@ class ModelRunner:
         }
         for model in self.loaded.values():
             metrics.record_model_loaded(model.info)
-        _freeze_startup_objects()
+        bentoml_runtime.freeze_startup_objects()
 
     @bentoml.api
     def describe(self) -> list[dict]:
@@ -98,7 +57,7 @@ class ModelRunner:
 
 
 def _batched_predict(model_name: str) -> bentoml.api:
-    def predict(self: ModelRunner, rows: list[Row]) -> JsonArray:
+    def predict(self: ModelRunner, rows: list[Row]) -> bentoml_runtime.JsonArray:
         with metrics.inference_timer(model_name, len(rows)):
             return self.loaded[model_name].predict_proba(rows)
 
@@ -110,28 +69,6 @@ def _batched_predict(model_name: str) -> bentoml.api:
     )(predict)
 
 
-class _BoundedWaitOptimizer(bentoml_dispatcher.Optimizer):
-    """BentoML's adaptive-batching optimizer with its idle wait capped by the settings.
-
-    BentoML waits before each batch for the average of recent waits, and under load those
-    include the time spent queued behind the running batch: after a burst, a lone request
-    waited ~15 ms for company that never came (docs/performance.md). Replacing the class
-    before the runner's app is built is the only hook BentoML 1.4 leaves for it.
-    """
-
-    def trigger_refresh(self) -> None:
-        super().trigger_refresh()
-        self.wait = min(self.wait, settings.batch_max_wait_ms / 1000)
-
-
-bentoml_dispatcher.Optimizer = _BoundedWaitOptimizer
-
-# Per-request access log lines and OpenTelemetry spans, in both services, only when asked for.
-_REQUEST_LOGGING = {
-    "logging": {"access": {"enabled": settings.access_log}},
-    **({} if settings.trace_requests else {"tracing": {"excluded_urls": [".*"]}}),
-}
-
 # The catalog decides which models exist: one store reference and one batched API per model.
 for _name in MODELS:
     setattr(
@@ -139,6 +76,8 @@ for _name in MODELS:
     )
     setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
 
+bentoml_runtime.bound_batching_wait()
+_request_logging = bentoml_runtime.request_logging(settings)
 ModelRunner = bentoml.service(
     name="model_runner",
     workers=settings.runner_workers,
@@ -146,7 +85,7 @@ ModelRunner = bentoml.service(
     # the old one while concurrent calls still use it ("Connector is closed" -> 500s under load;
     # bentoml/BentoML#5544). Runner and API share a pod: nothing to rotate, so never renew.
     runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
-    **_REQUEST_LOGGING,
+    **_request_logging,
 )(ModelRunner)
 
 
@@ -158,7 +97,7 @@ _endpoint_label = endpoint_labeller(
 
 
 @bentoml.asgi_app(http_app, path="/")
-@bentoml.service(name="tabserve", workers=settings.api_workers, **_REQUEST_LOGGING)
+@bentoml.service(name="tabserve", workers=settings.api_workers, **_request_logging)
 class ModelAPI:
     runner = bentoml.depends(ModelRunner)
 
@@ -166,7 +105,7 @@ class ModelAPI:
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
         self.grpc_server: GrpcServer | None = None
-        _freeze_startup_objects()
+        bentoml_runtime.freeze_startup_objects()
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
