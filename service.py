@@ -22,9 +22,9 @@ from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
-from tabserve.inference import LoadedModel, Row
 from tabserve.protocols.grpc.server import GrpcServer
 from tabserve.protocols.oip import OpenInference
+from tabserve.schemas import Row
 from tabserve.settings import get_settings
 
 settings = get_settings()
@@ -40,6 +40,10 @@ class ModelRunner:
     on a 2-core pod for no gain: the models are small and CPU-bound)."""
 
     def __init__(self) -> None:
+        # Imported here, in the runner process only: the ML libraries cost ~155 MB in every
+        # process that imports them, and the arbiter and API workers never touch a model.
+        from tabserve.inference import LoadedModel
+
         bentoml_runtime.stop_later_on_sigterm(settings.shutdown_drain_s)
         metrics.record_models_loading(MODELS)
         self.loaded = {

@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import InvalidInput
-from tabserve.inference import LoadedModel, Row
+from tabserve.inference import LoadedModel
 from tabserve.instances import instance_from_text, validate_instances
+from tabserve.schemas import Row
 from tabserve.settings import get_settings
 
 EXIT_OK = 0

@@ -7,13 +7,15 @@ Adding a model means adding one `ModelSpec` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from tabserve import datasets, estimators
 from tabserve.features import Feature, Kind
+
+if TYPE_CHECKING:
+    from tabserve.datasets import Dataset
 
 Framework = Literal["xgboost", "sklearn"]
 
@@ -29,14 +31,24 @@ class ModelSpec:
     # and the label encoding in training.py order them).
     class_names: tuple[str, ...]
     dataset_file: str | None  # file in data/; None for data shipped with scikit-learn
-    load_dataset: Callable[[Path], datasets.Dataset]
-    build_estimator: Callable[[bool], Any]
+    # Names of the functions in tabserve/datasets.py and tabserve/estimators.py. Named, not
+    # imported: the serving processes read the catalog but never train, and pandas +
+    # scikit-learn + XGBoost cost ~155 MB in each process that imports them.
+    dataset_loader: str
+    estimator_builder: str
     # The class whose probability is the model's "score" (binary models); None for multi-class.
     positive_class: str | None = None
 
     @property
     def feature_names(self) -> list[str]:
         return [feature.name for feature in self.features]
+
+    def load_dataset(self, path: Path | None) -> Dataset:
+        return getattr(importlib.import_module("tabserve.datasets"), self.dataset_loader)(path)
+
+    def build_estimator(self, fast: bool) -> Any:
+        builder = getattr(importlib.import_module("tabserve.estimators"), self.estimator_builder)
+        return builder(fast)
 
     def example_instance(self) -> dict[str, Any]:
         return {f.name: f.example for f in self.features if f.example is not None}
@@ -99,8 +111,8 @@ CHURN = ModelSpec(
     class_names=("churned", "retained"),
     positive_class="churned",
     dataset_file="iranian_churn.csv",
-    load_dataset=datasets.load_churn,
-    build_estimator=estimators.churn_classifier,
+    dataset_loader="load_churn",
+    estimator_builder="churn_classifier",
 )
 
 DRUG = ModelSpec(
@@ -136,8 +148,8 @@ DRUG = ModelSpec(
     ),
     class_names=("drugA", "drugB", "drugC", "drugX", "drugY"),
     dataset_file="drug200.csv",
-    load_dataset=datasets.load_drug,
-    build_estimator=estimators.drug_classifier,
+    dataset_loader="load_drug",
+    estimator_builder="drug_classifier",
 )
 
 
@@ -158,8 +170,8 @@ IRIS = ModelSpec(
     ),
     class_names=("setosa", "versicolor", "virginica"),
     dataset_file=None,
-    load_dataset=datasets.load_iris_frame,
-    build_estimator=estimators.iris_classifier,
+    dataset_loader="load_iris_frame",
+    estimator_builder="iris_classifier",
 )
 
 SPAM = ModelSpec(
@@ -178,8 +190,8 @@ SPAM = ModelSpec(
     class_names=("ham", "spam"),
     positive_class="spam",
     dataset_file="sms_spam.csv",
-    load_dataset=datasets.load_spam,
-    build_estimator=estimators.spam_classifier,
+    dataset_loader="load_spam",
+    estimator_builder="spam_classifier",
 )
 
 
@@ -247,8 +259,8 @@ ADMISSION = ModelSpec(
     class_names=("admitted", "discharged"),
     positive_class="admitted",
     dataset_file="ktas_triage.csv",
-    load_dataset=datasets.load_admission,
-    build_estimator=estimators.admission_classifier,
+    dataset_loader="load_admission",
+    estimator_builder="admission_classifier",
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (CHURN, DRUG, IRIS, SPAM, ADMISSION)}

@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ModelUnavailable
-from tabserve.inference import ModelInfo, Row
-from tabserve.schemas import Prediction, PredictResponse, request_model
+from tabserve.schemas import ModelInfo, Prediction, PredictResponse, Row, request_model
 
 # Extra attempts after a connection-level failure calling the runner (see DataPlane._call_runner).
 RUNNER_CONNECTION_RETRIES = 3

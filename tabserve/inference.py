@@ -6,32 +6,14 @@ calls it and nothing else touches a model object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import bentoml
 import numpy as np
 import pandas as pd
 import xgboost
 
 from tabserve.catalog import ModelSpec
+from tabserve.schemas import ModelInfo, Row
 from tabserve.training import XGBOOST_MODEL_FILE
-
-# A row is one instance's feature values in the spec's feature order; None = not given.
-Row = list[Any]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the API tells callers about a loaded model."""
-
-    name: str
-    tag: str
-    framework: str
-    metadata: dict[str, Any]
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "tag": self.tag, "framework": self.framework, **self.metadata}
 
 
 class LoadedModel:

@@ -18,8 +18,7 @@ from tabserve import metrics
 from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput
 from tabserve.features import Feature, Kind
-from tabserve.inference import Row
-from tabserve.schemas import request_model
+from tabserve.schemas import Row, request_model
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})

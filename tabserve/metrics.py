@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic_core import core_schema
 
 from tabserve.catalog import MODELS, ModelSpec
-from tabserve.inference import ModelInfo
+from tabserve.schemas import ModelInfo
 
 Protocol = Literal["rest", "grpc"]
 

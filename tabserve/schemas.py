@@ -7,6 +7,7 @@ categories are exact; unknown fields are rejected so a misspelt feature is not s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,23 @@ from tabserve.features import Feature, Kind
 from tabserve.settings import get_settings
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+
+# A row is one instance's feature values in the spec's feature order; None = not given.
+# Rows are what the data plane hands the runner.
+Row = list[Any]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the API tells callers about a loaded model (the runner's `describe`)."""
+
+    name: str
+    tag: str
+    framework: str
+    metadata: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "tag": self.tag, "framework": self.framework, **self.metadata}
 
 
 def _field_type(feature: Feature, max_text_chars: int) -> Any:

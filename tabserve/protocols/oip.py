@@ -33,8 +33,7 @@ from tabserve.catalog import ModelSpec
 from tabserve.dataplane import DataPlane
 from tabserve.errors import InvalidInput, ModelNotFound, ServingError
 from tabserve.features import Feature, Kind
-from tabserve.inference import Row
-from tabserve.schemas import PredictResponse, request_model
+from tabserve.schemas import PredictResponse, Row, request_model
 from tabserve.settings import get_settings
 
 SERVER_NAME = "tabserve"
