@@ -12,12 +12,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException
-from pydantic import ValidationError
 
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
-from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ModelUnavailable
-from tabserve.schemas import ModelInfo, Prediction, PredictResponse, Row, request_model
+from tabserve.errors import ModelNotFound, ModelUnavailable
+from tabserve.instances import validated_rows
+from tabserve.schemas import ModelInfo, Prediction, PredictResponse, Row
 
 # Extra attempts after a connection-level failure calling the runner (see DataPlane._call_runner).
 RUNNER_CONNECTION_RETRIES = 3
@@ -67,18 +67,8 @@ class DataPlane:
     # --- prediction -------------------------------------------------------------------------
     def parse_rows(self, model_name: str, body: bytes) -> list[Row]:
         """JSON body -> rows in feature order, or a 400/422 naming the field and the reason."""
-        spec = self.spec(model_name)
-        try:
-            request = request_model(model_name).model_validate_json(body)
-        except ValidationError as error:
-            metrics.record_rejection(model_name, metrics.rejection_reason(error.errors()))
-            if any(issue["type"] == "json_invalid" for issue in error.errors()):
-                raise MalformedRequest(
-                    f"request body is not valid JSON: {error.errors()[0]['msg']}"
-                ) from None
-            raise InvalidInput.from_issues(error.errors(include_url=False)) from None
-        names = spec.feature_names
-        return [[getattr(instance, name) for name in names] for instance in request.instances]
+        self.spec(model_name)
+        return validated_rows(model_name, body)
 
     async def predict_rows(self, model_name: str, rows: list[Row]) -> PredictResponse:
         spec = self.spec(model_name)

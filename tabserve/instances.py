@@ -1,9 +1,10 @@
-"""Instances that arrive as text or as loose Python values, checked by the model's own schema.
+"""Instances, however they arrive, checked by the model's own schema into rows.
 
-The V1 JSON route hands its body straight to the data plane. Other front ends (query strings,
-CSV cells, TabPy's column lists) first turn their wire format into instances (feature -> value
-dicts) and then validate them here, with the same pydantic request model, so every door applies
-the same rules and names a bad value the same way (`instances[i].<feature>`).
+The V1 JSON body is validated as bytes (pydantic-core's JSON parser). Other front ends (query
+strings, CSV cells, TabPy's column lists) first turn their wire format into instances
+(feature -> value dicts) and then validate them here, with the same pydantic request model,
+so every door applies the same rules and names a bad value the same way
+(`instances[i].<feature>`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from tabserve import metrics
 from tabserve.catalog import MODELS
-from tabserve.errors import InvalidInput
+from tabserve.errors import InvalidInput, MalformedRequest
 from tabserve.features import Feature, Kind
 from tabserve.schemas import Row, request_model
 
@@ -84,15 +85,27 @@ def instance_from_text(model_name: str, cells: Mapping[str, str]) -> dict[str, A
     return instance
 
 
-def validate_instances(model_name: str, instances: list[dict[str, Any]]) -> list[Row]:
-    """Instances -> rows in the model's feature order, or InvalidInput naming each bad field as
-    the V1 route does (`instances[3].age: Input should be less than or equal to 120`)."""
+def validated_rows(model_name: str, payload: bytes | dict[str, Any]) -> list[Row]:
+    """A request body (JSON bytes) or an already-parsed one -> rows in the model's feature
+    order. Every front end ends here: a body that is not JSON is a MalformedRequest, one that
+    does not fit the schema an InvalidInput naming each bad field
+    (`instances[3].age: Input should be less than or equal to 120`); both are counted."""
+    model = request_model(model_name)
     try:
-        request = request_model(model_name).model_validate({"instances": instances})
+        if isinstance(payload, bytes):
+            request = model.model_validate_json(payload)
+        else:
+            request = model.model_validate(payload)
     except ValidationError as error:
         issues = error.errors(include_url=False)
-        # Counted like the V1 route's rejections (the batch command's process exports nothing).
         metrics.record_rejection(model_name, metrics.rejection_reason(issues))
+        if any(issue["type"] == "json_invalid" for issue in issues):
+            raise MalformedRequest(f"request body is not valid JSON: {issues[0]['msg']}") from None
         raise InvalidInput.from_issues(issues) from None
     names = MODELS[model_name].feature_names
     return [[getattr(instance, name) for name in names] for instance in request.instances]
+
+
+def validate_instances(model_name: str, instances: list[dict[str, Any]]) -> list[Row]:
+    """Instances (feature -> value dicts) -> rows, checked exactly as the V1 route checks them."""
+    return validated_rows(model_name, {"instances": instances})
