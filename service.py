@@ -81,6 +81,7 @@ for _name in MODELS:
     setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
 
 bentoml_runtime.bound_batching_wait()
+bentoml_runtime.fix_request_timeout_leak()
 _request_logging = bentoml_runtime.request_logging(settings)
 ModelRunner = bentoml.service(
     name="model_runner",
