@@ -171,9 +171,25 @@ def record_predictions(spec: ModelSpec, tag: str, probabilities: np.ndarray) -> 
         scores = probabilities.max(axis=1)
     else:
         scores = probabilities[:, spec.class_names.index(spec.positive_class)]
-    histogram = PREDICTION_SCORE.labels(spec.name)
-    for score in scores.tolist():
-        histogram.observe(score)
+    observe_all(PREDICTION_SCORE.labels(spec.name), scores)
+
+
+def observe_all(histogram: Histogram, values: np.ndarray) -> None:
+    """`histogram.observe(v)` for every value, in one update per bucket.
+
+    prometheus-client has no bulk observe, and one call per row cost 1.7 ms per 1000-row
+    request. This writes what `observe` would (the sum, and each value counted in the first
+    bucket whose bound it does not exceed) through the same private fields; a test compares
+    it with `observe` call for call, so a prometheus-client upgrade that changes them fails
+    there rather than here.
+    """
+    bounds = np.asarray(histogram._upper_bounds)
+    per_bucket = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(values)))
+    # A NaN lands past the +Inf bucket and is dropped, as `observe` drops it.
+    for bucket, count in zip(histogram._buckets, per_bucket.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
 
 
 # --- recording: model runner --------------------------------------------------------------------

@@ -9,9 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from tabserve import metrics
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.declared_metrics import BENTOML, TABSERVE
@@ -224,3 +227,24 @@ def test_several_workers_of_both_services_are_merged_into_one_scrape(
             predict_route = {"route": "/v1/models/spam:predict", "code": "200"}
             assert total(samples, "tabserve_requests_total", **predict_route) == requests
             assert total(samples, "tabserve_model_loaded", model="spam") == 1
+
+
+def test_observe_all_records_what_observe_records_value_by_value() -> None:
+    scores = np.concatenate(
+        [np.random.default_rng(3).random(500), [0.0, 0.05, 0.1, 0.95, 1.0, 1.5, -0.2]]
+    )
+    registry = CollectorRegistry()
+    by_one = Histogram("by_one", "", buckets=metrics._SCORE_BUCKETS, registry=registry)
+    together = Histogram("together", "", buckets=metrics._SCORE_BUCKETS, registry=registry)
+
+    for score in scores.tolist():
+        by_one.observe(score)
+    metrics.observe_all(together, scores)
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        family = next(f for f in registry.collect() if f.name == name)
+        return {
+            (s.name.removeprefix(name), s.labels.get("le", "")): s.value for s in family.samples
+        }
+
+    assert samples("together") == pytest.approx(samples("by_one"), rel=1e-12)
