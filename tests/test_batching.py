@@ -1,5 +1,6 @@
-"""Concurrency: 200 simultaneous single-row requests are all answered correctly, and the
-runner's adaptive batching merged them (BentoML's own batch-size histogram says so)."""
+"""Concurrency: 200 simultaneous single-row requests are all answered correctly, and they were
+merged into far fewer model calls (by the API worker's MergedCalls and the runner's adaptive
+batching; the runner's rows-per-call histogram says so)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from tests.data import expected_probabilities, instances
 CONCURRENT_REQUESTS = 200
 
 
-def _batch_histogram(metrics_text: str, method: str) -> tuple[float, float]:
-    """(sum, count) of bentoml_service_adaptive_batch_size for one runner API, all workers."""
+def _rows_per_model_call(metrics_text: str, model: str) -> tuple[float, float]:
+    """(rows, model calls) from tabserve_inference_rows, summed over the runner's workers."""
     total = count = 0.0
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != "bentoml_service_adaptive_batch_size":
+        if family.name != "tabserve_inference_rows":
             continue
         for sample in family.samples:
-            if sample.labels.get("method_name") != method:
+            if sample.labels.get("model") != model:
                 continue
             if sample.name.endswith("_sum"):
                 total += sample.value
@@ -40,7 +41,7 @@ async def _fire(url: str, rows: list[dict]) -> list[httpx.Response]:
 
 def test_concurrent_single_rows_are_batched_and_all_correct(server) -> None:
     rows = instances("churn", CONCURRENT_REQUESTS, seed=7)
-    before = _batch_histogram(httpx.get(f"{server.url}/metrics").text, "predict_churn")
+    before = _rows_per_model_call(httpx.get(f"{server.url}/metrics").text, "churn")
 
     responses = asyncio.run(_fire(server.url, rows))
 
@@ -50,7 +51,7 @@ def test_concurrent_single_rows_are_batched_and_all_correct(server) -> None:
     served = np.array([r.json()["predictions"][0]["probabilities"]["churned"] for r in responses])
     np.testing.assert_allclose(served, expected[:, 0], rtol=0, atol=1e-12)
 
-    after = _batch_histogram(httpx.get(f"{server.url}/metrics").text, "predict_churn")
+    after = _rows_per_model_call(httpx.get(f"{server.url}/metrics").text, "churn")
     rows_batched, model_calls = after[0] - before[0], after[1] - before[1]
     assert rows_batched == CONCURRENT_REQUESTS
     # Fewer model calls than requests: concurrent requests were merged into batches.

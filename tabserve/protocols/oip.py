@@ -30,10 +30,10 @@ from pydantic import ValidationError
 
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
-from tabserve.dataplane import DataPlane
+from tabserve.dataplane import DataPlane, Scores
 from tabserve.errors import InvalidInput, ModelNotFound, ServingError
 from tabserve.features import Feature, Kind
-from tabserve.schemas import PredictResponse, Row, request_model
+from tabserve.schemas import Row, request_model
 from tabserve.settings import get_settings
 
 SERVER_NAME = "tabserve"
@@ -308,7 +308,7 @@ class OpenInference:
             metrics.record_rejection(spec.name, InvalidTensor.__name__)
             raise
         answer = await self.plane.predict_rows(spec.name, rows)
-        outputs = _output_tensors(spec, answer)
+        outputs = _output_tensors(answer)
         wanted = request.outputs or list(OUTPUT_NAMES)
         return InferenceResponse(
             model_name=spec.name,
@@ -435,13 +435,10 @@ def _tensor_issue(issue: dict[str, Any]) -> dict[str, Any]:
     return issue
 
 
-def _output_tensors(spec: ModelSpec, answer: PredictResponse) -> dict[str, Tensor]:
-    rows = len(answer.predictions)
-    labels = np.array([p.label.encode() for p in answer.predictions], dtype=object)
-    probabilities = np.array(
-        [[p.probabilities[name] for name in spec.class_names] for p in answer.predictions],
-        dtype=NUMPY_TYPES["FP64"],
-    )
+def _output_tensors(answer: Scores) -> dict[str, Tensor]:
+    labels = np.array([label.encode() for label in answer.labels], dtype=object)
+    rows = len(labels)
+    probabilities = np.asarray(answer.probabilities, dtype=NUMPY_TYPES["FP64"])
     return {
         LABEL_OUTPUT: Tensor(LABEL_OUTPUT, "BYTES", (rows,), labels),
         PROBABILITIES_OUTPUT: Tensor(

@@ -28,11 +28,11 @@ from pydantic import BaseModel, ValidationError
 
 from tabserve import __version__
 from tabserve.catalog import MODELS, ModelSpec
-from tabserve.dataplane import DataPlane
+from tabserve.dataplane import DataPlane, Scores
 from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ServingError
 from tabserve.instances import loosen, validate_instances
 from tabserve.protocols.http import dataplane, error_route, read_json_body
-from tabserve.schemas import ErrorDetail, PredictResponse
+from tabserve.schemas import ErrorDetail
 from tabserve.settings import get_settings
 
 SCRIPT_FORM = "return tabpy.query('<endpoint>', _arg1, ..., _argN)['response']"
@@ -71,10 +71,10 @@ class Endpoint:
     def feature_names(self) -> list[str]:
         return self.spec.feature_names
 
-    def answer(self, response: PredictResponse) -> list[Any]:
+    def answer(self, scores: Scores) -> list[Any]:
         if self.scored_class is None:
-            return [prediction.label for prediction in response.predictions]
-        return [prediction.probabilities[self.scored_class] for prediction in response.predictions]
+            return scores.labels
+        return scores.class_probabilities(self.scored_class)
 
 
 def _endpoints() -> dict[str, Endpoint]:

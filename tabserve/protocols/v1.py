@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from tabserve.catalog import MODELS
-from tabserve.dataplane import DataPlane
+from tabserve.dataplane import DataPlane, Scores
 from tabserve.errors import InvalidInput
 from tabserve.instances import instance_from_text, validate_instances
 from tabserve.protocols.http import dataplane, read_json_body
@@ -58,9 +58,15 @@ async def describe_model(model_name: str, plane: Plane) -> dict[str, Any]:
     return (await plane.model_info(model_name)).describe()
 
 
-def _predict_endpoint(model_name: str) -> Callable[..., Awaitable[PredictResponse]]:
-    async def predict(request: Request, plane: Plane) -> PredictResponse:
-        return await plane.predict(model_name, await read_json_body(request))
+def _answer(scores: Scores) -> Response:
+    # Serialized by the data plane; FastAPI would validate the body again (PredictResponse is
+    # each predict route's `response_model`, for the OpenAPI document).
+    return Response(scores.v1_json(), media_type="application/json")
+
+
+def _predict_endpoint(model_name: str) -> Callable[..., Awaitable[Response]]:
+    async def predict(request: Request, plane: Plane) -> Response:
+        return _answer(await plane.predict(model_name, await read_json_body(request)))
 
     predict.__name__ = f"predict_{model_name}"
     return predict
@@ -84,6 +90,7 @@ for _name, _spec in MODELS.items():
         f"/models/{_name}:predict",
         _predict_endpoint(_name),
         methods=["POST"],
+        response_model=PredictResponse,
         summary=f"Predict: {_spec.title}",
         description=_spec.use_case,
         responses=_ERRORS,
@@ -102,9 +109,10 @@ async def predict_unknown_model(model_name: str, plane: Plane) -> None:
     description="`?feature=value&...`: each value is read by its feature's kind (numbers, "
     "integers, true/false, category names, text), then checked exactly as the POST route checks "
     "a JSON instance; errors name `instances[0].<feature>`. An empty value means not given.",
+    response_model=PredictResponse,
     responses=_ERRORS,
 )
-async def predict_from_query(model_name: str, request: Request, plane: Plane) -> PredictResponse:
+async def predict_from_query(model_name: str, request: Request, plane: Plane) -> Response:
     plane.spec(model_name)
     parameters = request.query_params
     repeated = sorted({name for name in parameters if len(parameters.getlist(name)) > 1})
@@ -117,4 +125,4 @@ async def predict_from_query(model_name: str, request: Request, plane: Plane) ->
             ],
         )
     instance = instance_from_text(model_name, dict(parameters))
-    return await plane.predict_rows(model_name, validate_instances(model_name, [instance]))
+    return _answer(await plane.predict_rows(model_name, validate_instances(model_name, [instance])))
