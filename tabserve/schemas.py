@@ -21,7 +21,7 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 
 # A row is one instance's feature values in the spec's feature order; None = not given.
 # Rows are what the data plane hands the runner.
-Row = list[Any]
+Row = tuple[Any, ...]
 
 
 @dataclass(frozen=True)

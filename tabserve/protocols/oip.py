@@ -33,6 +33,7 @@ from tabserve.catalog import ModelSpec
 from tabserve.dataplane import DataPlane, Scores
 from tabserve.errors import InvalidInput, ModelNotFound, ServingError
 from tabserve.features import Feature, Kind
+from tabserve.instances import rows_of
 from tabserve.schemas import Row, request_model
 from tabserve.settings import get_settings
 
@@ -351,9 +352,7 @@ def _rows(spec: ModelSpec, tensors: list[Tensor]) -> list[Row]:
         issues = error.errors(include_url=False)
         metrics.record_rejection(spec.name, metrics.rejection_reason(issues))
         raise InvalidInput.from_issues([_tensor_issue(issue) for issue in issues]) from None
-    return [
-        [getattr(instance, name) for name in spec.feature_names] for instance in request.instances
-    ]
+    return rows_of(spec.name, request)
 
 
 def _tensors_by_feature(spec: ModelSpec, tensors: list[Tensor]) -> dict[str, Tensor]:
