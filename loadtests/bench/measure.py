@@ -27,7 +27,7 @@ from tests.server import free_port
 LOCUST = Path(sys.executable).with_name("locust")
 BENCH_LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 READY_TIMEOUT_S = 120
-RSS_SAMPLE_S = 0.2
+MEMORY_SAMPLE_S = 0.2
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -46,32 +46,37 @@ def cpu_seconds(root: psutil.Process) -> float:
     return total
 
 
-def rss_bytes(root: psutil.Process) -> int:
-    total = 0
+def memory_bytes(root: psutil.Process) -> tuple[int, int]:
+    """(RSS, PSS) summed over the tree. RSS counts a shared library page once per process that
+    maps it; PSS splits it between them, so its sum counts every page once (closer to what a
+    pod's memory limit is charged)."""
+    rss = pss = 0
     for process in _tree(root):
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
-    return total
+            memory = process.memory_full_info()
+            rss += memory.rss
+            pss += memory.pss
+    return rss, pss
 
 
-class PeakRss:
-    """Samples the tree's total RSS in a thread; `peak` is the highest sum seen."""
+class PeakMemory:
+    """Samples the tree's summed RSS and PSS in a thread, keeping the highest of each."""
 
     def __init__(self, root: psutil.Process) -> None:
         self.root = root
-        self.peak = rss_bytes(root)
+        self.rss, self.pss = memory_bytes(root)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_S):
-            self.peak = max(self.peak, rss_bytes(self.root))
+        while not self._stop.wait(MEMORY_SAMPLE_S):
+            rss, pss = memory_bytes(self.root)
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
-    def stop(self) -> int:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        return self.peak
 
 
 @dataclass
@@ -80,11 +85,11 @@ class RunningServer:
     url: str
     process: subprocess.Popen[bytes]
     ready_s: float
-    rss: PeakRss
+    memory: PeakMemory
 
     @property
     def root(self) -> psutil.Process:
-        return self.rss.root
+        return self.memory.root
 
 
 @contextlib.contextmanager
@@ -109,7 +114,7 @@ def serve(peer: Peer, work: Path) -> Iterator[RunningServer]:
     url = f"http://127.0.0.1:{http}"
     try:
         ready_s = _wait_ready(process, url + peer.ready_path, started, work / "server.log")
-        yield RunningServer(peer, url, process, ready_s, PeakRss(psutil.Process(process.pid)))
+        yield RunningServer(peer, url, process, ready_s, PeakMemory(psutil.Process(process.pid)))
     finally:
         _stop(process)
         log.close()

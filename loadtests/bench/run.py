@@ -84,12 +84,16 @@ def main() -> None:
                 for users in USER_COUNTS:
                     result = load(server, users, seconds[users], bodies, out)
                     run = {"repeat": repeat, "peer": peer.name, "users": users, **asdict(result)}
-                    run |= {"ready_s": server.ready_s, "peak_rss_mb": server.rss.peak / 2**20}
+                    run |= {
+                        "ready_s": server.ready_s,
+                        "peak_rss_mb": server.memory.rss / 2**20,
+                        "peak_pss_mb": server.memory.pss / 2**20,
+                    }
                     runs.append(run)
                     print(json.dumps(run), flush=True)
                 if peer.ours and repeat == args.repeats:
                     extras["batch_rows_per_s"] = batch_rows_per_s(server)
-                server.rss.stop()
+                server.memory.stop()
     context["load_after"] = os.getloadavg()
     ours = next(peer.name for peer in peers if peer.ours) if any(p.ours for p in peers) else ""
     (out / "results.json").write_text(
