@@ -12,6 +12,7 @@ Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: t
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -22,10 +23,12 @@ from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
-from tabserve.protocols.grpc.server import GrpcServer
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
 from tabserve.settings import get_settings
+
+if TYPE_CHECKING:
+    from tabserve.protocols.grpc.server import GrpcServer
 
 settings = get_settings()
 
@@ -116,6 +119,9 @@ class ModelAPI:
     async def start_grpc(self) -> None:
         """The Open Inference Protocol over gRPC, in this worker (tabserve/protocols/grpc)."""
         if settings.grpc_port:
+            # Imported here, in the API worker only: gRPC costs the arbiter ~9 MB it never uses.
+            from tabserve.protocols.grpc.server import GrpcServer
+
             self.grpc_server = GrpcServer(OpenInference(self.dataplane), settings)
             await self.grpc_server.start()
 
