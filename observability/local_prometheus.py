@@ -11,11 +11,9 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,15 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools.local_process import free_port, stop_process_group, wait_until_ready
+
 OBSERVABILITY = Path(__file__).resolve().parent
 ALERT_RULES = OBSERVABILITY / "alerts.yaml"
 READY_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape_config(targets: Sequence[str], interval_s: float, rule_files: Sequence[Path]) -> str:
@@ -95,18 +89,7 @@ class Prometheus:
             server.stop()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited:\n{self.log.read_text()[-3000:]}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"prometheus not ready in {READY_TIMEOUT_S}s")
+        wait_until_ready(self.process, f"{self.url}/-/ready", self.log, READY_TIMEOUT_S)
 
     def api(self, path: str, **params: str) -> dict[str, Any]:
         """GET /api/v1/<path>; Prometheus answers errors (a bad query: 400) as JSON too."""
@@ -122,13 +105,7 @@ class Prometheus:
         return self.api("query", query=expr)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process_group(self.process, timeout_s=15)
 
 
 def main() -> None:

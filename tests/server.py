@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from devtools.local_process import free_port, stop_process_group, wait_until_ready
 
 PROJECT = Path(__file__).resolve().parent.parent
 BENTOML = Path(sys.executable).with_name("bentoml")
@@ -29,12 +26,6 @@ def run_training(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -88,21 +79,7 @@ class ServerProcess:
             server.stop()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited early:\n{self.log.read_text()[-4000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"not ready in {READY_TIMEOUT_S}s:\n{self.log.read_text()[-4000:]}")
+        wait_until_ready(self.process, f"{self.url}/readyz", self.log, READY_TIMEOUT_S, 0.3)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout_s=30)

@@ -27,10 +27,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from devtools.local_process import free_port
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
-from tests.server import PROJECT, ServerProcess, free_port
+from tests.server import PROJECT, ServerProcess
 
 TOKEN = "grpc-test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -19,10 +19,11 @@ import httpx
 import pytest
 import tritonclient.grpc as tc
 
+from devtools.local_process import free_port
 from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
-from tests.server import PROJECT, free_port
+from tests.server import PROJECT
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,11 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
+from devtools.local_process import free_port, stop_process_group, wait_until_ready
 from loadtests.bench.peers import PROJECT, Peer, Ports
-from tests.server import free_port
 
 LOCUST = Path(sys.executable).with_name("locust")
 BENCH_LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -113,32 +111,12 @@ def serve(peer: Peer, work: Path) -> Iterator[RunningServer]:
     )
     url = f"http://127.0.0.1:{http}"
     try:
-        ready_s = _wait_ready(process, url + peer.ready_path, started, work / "server.log")
+        wait_until_ready(process, url + peer.ready_path, work / "server.log", READY_TIMEOUT_S, 0.1)
+        ready_s = time.monotonic() - started
         yield RunningServer(peer, url, process, ready_s, PeakMemory(psutil.Process(process.pid)))
     finally:
-        _stop(process)
+        stop_process_group(process, timeout_s=20)
         log.close()
-
-
-def _wait_ready(process: subprocess.Popen, url: str, started: float, log: Path) -> float:
-    while time.monotonic() - started < READY_TIMEOUT_S:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.monotonic() - started
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready in {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @dataclass(frozen=True)
