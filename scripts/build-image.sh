@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the tabserve OCI image and print its reference, tabserve:<bento version>.
+# Build the tabserve OCI image and print its reference, tabserve:<bento version> (also tagged
+# tabserve:<project version>, the chart's appVersion).
 #
 #   scripts/build-image.sh        (what `make image` runs)
 #
@@ -109,4 +110,9 @@ if [[ $ENGINE == buildah ]]; then
   containerize+=(--opt squash)
 fi
 "${containerize[@]}" >&2
+# Also the release's tag, tabserve:<project version>: the chart's appVersion, so a default
+# `helm install` (image.tag empty) finds the image the last `make image` built.
+release_reference="tabserve:$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)"
+"$ENGINE" tag "$reference" "$release_reference"
+log "also tagged $release_reference"
 echo "$reference"

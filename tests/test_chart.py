@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -299,13 +300,31 @@ def test_autoscalers_target_the_deployment(value_set: tuple) -> None:
         assert "replicas" not in deployment["spec"], "a fixed replica count fights the autoscaler"
 
 
-def test_hpa_scales_on_cpu_and_request_load_and_scales_down_slowly(
+def test_default_hpa_scales_on_cpu_only_and_scales_down_slowly(
     default_objects: list[Manifest],
 ) -> None:
+    """While any HPA metric is missing Kubernetes never scales down: the request-load metric
+    needs prometheus-adapter, so a default install must not ask for it (found on a cluster)."""
     hpa = only(default_objects, "HorizontalPodAutoscaler")["spec"]
-    kinds = {metric["type"] for metric in hpa["metrics"]}
-    assert kinds == {"Resource", "Pods"}
+    assert [metric["type"] for metric in hpa["metrics"]] == ["Resource"]
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    with_adapter = render({"autoscaling": {"requestsMetric": {"enabled": True}}})
+    metrics = only(with_adapter, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert {metric["type"] for metric in metrics} == {"Resource", "Pods"}
+
+
+def test_default_image_is_the_one_make_image_tags(default_objects: list[Manifest]) -> None:
+    """`make image` tags tabserve:<project version>; a default install must ask for exactly that
+    (it asked for an image nothing built)."""
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    container = serving_container(only(default_objects, "Deployment"))
+    assert container["image"] == f"tabserve:{project['version']}"
+
+
+def test_one_off_batch_job_is_a_new_object_per_release_revision() -> None:
+    """A Job's pod template is immutable: under one fixed name every later `helm upgrade` failed."""
+    job = only(render({"batch": {"enabled": True, "existingClaim": "data"}}), "Job")
+    assert job["metadata"]["name"] == "tabserve-batch-r1"  # helm-python-sdk renders revision 1
 
 
 def test_ingress_and_service_monitor_point_at_the_service(value_set: tuple) -> None:
@@ -402,7 +421,8 @@ def _metric_names(promql: str) -> set[str]:
 
 def test_every_autoscaling_metric_is_exported_by_the_service(server) -> None:
     exported = _exported_metrics(server)
-    hpa = only(render({}), "HorizontalPodAutoscaler")["spec"]["metrics"]
+    with_adapter = {"autoscaling": {"requestsMetric": {"enabled": True}}}
+    hpa = only(render(with_adapter), "HorizontalPodAutoscaler")["spec"]["metrics"]
     hpa_names = {m["pods"]["metric"]["name"] for m in hpa if m["type"] == "Pods"}
     keda = only(render({"keda": {"enabled": True}}), "ScaledObject")["spec"]["triggers"]
     keda_names = {
