@@ -62,6 +62,11 @@ REQUESTS_IN_PROGRESS = Gauge(
     ("protocol",),
     multiprocess_mode="livesum",
 )
+# Each protocol's series exists from the start, at 0. The HPA scales on this gauge (through
+# prometheus-adapter): a new pod that has not served a request yet had no series, so the metric
+# was missing for it, and while a metric is missing an HPA never scales down (seen on a cluster).
+for _protocol in typing.get_args(Protocol):
+    REQUESTS_IN_PROGRESS.labels(_protocol)
 
 # --- data plane (API service) ----------------------------------------------------------------
 PREDICTIONS = Counter(

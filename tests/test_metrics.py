@@ -60,6 +60,14 @@ def predict(client: httpx.Client, model: str, rows: list[dict]) -> list[str]:
     return [prediction["label"] for prediction in response.json()["predictions"]]
 
 
+def test_in_flight_gauge_exists_before_the_first_request(client: httpx.Client) -> None:
+    """The HPA's metric: missing on a pod that served nothing yet, an HPA never scales down.
+    (First in this module: its server has served no prediction yet.)"""
+    samples = scrape(client)
+    assert label_values(samples, "tabserve_requests_in_progress", "protocol") == {"rest", "grpc"}
+    assert total(samples, "tabserve_requests_in_progress") == 0
+
+
 def test_every_declared_metric_is_exposed_with_its_labels(client: httpx.Client) -> None:
     for name in MODELS:
         predict(client, name, instances(name, 2))
