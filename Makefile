@@ -141,3 +141,22 @@ $(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
 bench: install $(MLSERVER_VENV)/.installed ## ~13 min: tabserve vs Flask, gunicorn, MLServer; reports/bench-<time>/
 	$(BIN)/python train.py --if-missing
 	$(BIN)/python -m loadtests.bench.run
+
+# --- A real single-node Kubernetes cluster on this machine (scripts/cluster/, docs/deploy.md) ----
+.PHONY: cluster cluster-down cluster-status cluster-deploy e2e
+
+cluster: install ## build (once, cached) and start a local single-node cluster; prints its kubeconfig
+	bash scripts/cluster/build.sh
+	bash scripts/cluster/up.sh
+
+cluster-down: ## stop the local cluster and restore the host (network, mounts, sysctls)
+	bash scripts/cluster/down.sh
+
+cluster-status: ## the local cluster's processes and their memory
+	bash scripts/cluster/status.sh
+
+cluster-deploy: install system-deps ## build the image, import it and helm-install it into the local cluster
+	bash scripts/cluster/deploy.sh
+
+e2e: install system-deps ## on the local cluster: install, test, roll out, scale, roll back the chart
+	TABSERVE_E2E=1 $(BIN)/python -m pytest tests/e2e -v -rP

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages listed in scripts/system-packages.txt that are not installed yet.
-# Needs root (CI and the dev machines run as root); otherwise prints the apt-get command to run.
+# Install the Debian packages listed in a package list (default scripts/system-packages.txt) that
+# are not installed yet. Needs root (CI and the dev machines run as root); otherwise prints the
+# apt-get command to run.
+# Usage: install-system-packages.sh [LIST]
 set -euo pipefail
-list="$(dirname "$0")/system-packages.txt"
+list="${1:-$(dirname "$0")/system-packages.txt}"
 missing=()
 while read -r package _; do
   [[ -z "$package" || "$package" == \#* ]] && continue
