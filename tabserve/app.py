@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 async def _serving_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServingError)
-    return JSONResponse(error.to_response().model_dump(), status_code=error.status)
+    return JSONResponse(error.to_response().model_dump(exclude_none=True), status_code=error.status)
 
 
 async def _request_validation_error(_: Request, error: Exception) -> JSONResponse:
@@ -38,7 +38,7 @@ async def _request_validation_error(_: Request, error: Exception) -> JSONRespons
 async def _http_error(_: Request, error: Exception) -> JSONResponse:
     """Starlette's 404/405 and friends, in our error shape."""
     assert isinstance(error, HTTPException)
-    body = ErrorResponse(error=str(error.detail)).model_dump()
+    body = ErrorResponse(error=str(error.detail)).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
 
@@ -46,13 +46,15 @@ async def _client_disconnected(request: Request, _: Exception) -> JSONResponse:
     """The caller hung up before sending the whole body: nobody will read an answer, and it is
     not a server fault, so no traceback. 499 is nginx's code for it; it shows up in metrics."""
     logger.info("client disconnected during %s %s", request.method, request.url.path)
-    return JSONResponse(ErrorResponse(error="client closed request").model_dump(), status_code=499)
+    return JSONResponse(
+        ErrorResponse(error="client closed request").model_dump(exclude_none=True), status_code=499
+    )
 
 
 async def _unexpected_error(request: Request, _: Exception) -> JSONResponse:
     # A bug, not the caller's fault: the traceback goes to the log, never to the caller.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = ErrorResponse(error="internal error; see the server log").model_dump()
+    body = ErrorResponse(error="internal error; see the server log").model_dump(exclude_none=True)
     return JSONResponse(body, status_code=500)
 
 

@@ -71,7 +71,7 @@ def _unauthorized(authorization_header: str | None) -> JSONResponse:
         error="authentication required", details=[ErrorDetail(field="Authorization", reason=reason)]
     )
     return JSONResponse(
-        body.model_dump(),
+        body.model_dump(exclude_none=True),
         status_code=HTTPStatus.UNAUTHORIZED,
         headers={"WWW-Authenticate": 'Bearer realm="tabserve"'},
     )

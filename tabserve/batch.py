@@ -7,8 +7,11 @@ cell is parsed by its feature's kind and checked by the model's request schema, 
 query-string route does (an empty cell is "not given"). Valid rows are scored in chunks by
 `LoadedModel`, the runner's own model code, loaded from the BentoML model store. Every input row
 gives exactly one output row: the input columns, then `predicted_label` and `probability_<class>`
-for each class, or an `error` naming the row's line, each bad field and why. The output appears
-only when the run finishes (it is written to `<output>.partial` first).
+for each class, or an `error` naming the row's line, each bad field and why (a line that is not
+valid UTF-8 is such a row too). The output appears only when the run finishes: it is written to
+`<output>.partial`, synced to disk, then renamed. Text cells a spreadsheet would run as a formula
+(starting with = + - @, tab or carriage return, and not a number) are written with a leading `'`
+unless --no-escape-formulas is given.
 
 Exit codes:
   0  every row was scored, or no more than --max-invalid rows failed validation
@@ -46,6 +49,8 @@ EXIT_OK = 0
 EXIT_INVALID_ROWS = 1
 EXIT_UNUSABLE = 2
 ERRORS_SHOWN = 10  # invalid rows listed on stderr; all of them are in the output file
+# What makes Excel, LibreOffice and Google Sheets read a cell as a formula (OWASP's CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _INSTANCE_PREFIX = "instances[0]."
 
 
@@ -91,7 +96,19 @@ def _check_header(spec: ModelSpec, header: list[str]) -> None:
         )
 
 
+def _is_utf8(cells: list[str]) -> bool:
+    """The input is read with errors="surrogateescape": a byte that is not UTF-8 becomes a lone
+    surrogate, which cannot be encoded back."""
+    try:
+        "".join(cells).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse(spec: ModelSpec, header: list[str], cells: list[str]) -> Row | str:
+    if not _is_utf8(cells):
+        return "the line is not valid UTF-8 text"
     if len(cells) != len(header):
         return f"the row has {len(cells)} values; the header has {len(header)}"
     features = set(spec.feature_names)
@@ -137,21 +154,48 @@ def _score(model: LoadedModel, chunk: list[Record], width: int) -> Iterator[list
             yield [*cells, classes[int(row.argmax())], *row.tolist(), ""]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def defuse_formula(cell: Any) -> Any:
+    """A text cell a spreadsheet would run (`=HYPERLINK(...)`, `@SUM(...)`, `-2+3`) gets a
+    leading `'`, which spreadsheets show as text; numbers such as -5 stay numbers."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _is_number(cell):
+        return f"'{cell}"
+    return cell
+
+
 def score_file(
-    model: LoadedModel, source: TextIO, sink: TextIO, chunk_size: int, progress: tqdm
+    model: LoadedModel,
+    source: TextIO,
+    sink: TextIO,
+    chunk_size: int,
+    progress: tqdm,
+    escape_formulas: bool = True,
 ) -> Summary:
     reader = csv.reader(source)
     header = next(reader, None)
     if header is None:
         raise Unusable("the input is empty: a header row naming the columns is needed")
+    if not _is_utf8(header):
+        raise Unusable("the header (line 1) is not valid UTF-8 text")
     spec = model.spec
     _check_header(spec, header)
-    writer = csv.writer(sink)
-    writer.writerow(_output_columns(spec, header))
+    csv_writer = csv.writer(sink)
+
+    def write(cells: list[Any]) -> None:
+        csv_writer.writerow([defuse_formula(cell) for cell in cells] if escape_formulas else cells)
+
+    write(_output_columns(spec, header))
     summary = Summary()
     for chunk in _chunks(_records(reader, spec, header), chunk_size):
         for record, out in zip(chunk, _score(model, chunk, len(header)), strict=True):
-            writer.writerow(out)
+            write(out)
             if isinstance(record.parsed, str):
                 summary.invalid += 1
                 if summary.invalid <= ERRORS_SHOWN:
@@ -193,10 +237,25 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=get_settings().model_threads, help="XGBoost threads"
     )
+    parser.add_argument(
+        "--escape-formulas",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prefix text cells starting with = + - @ (not numbers) with ' so spreadsheets "
+        "show them instead of running them (default: on)",
+    )
     args = parser.parse_args(argv)
     if args.chunk_size < 1 or args.max_invalid < 0 or args.threads < 1:
         parser.error("--chunk-size and --threads must be >= 1, --max-invalid >= 0")
     return args
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,16 +266,23 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(spec, args.tag or get_settings().tag_for(spec.name), args.threads)
         size = args.input.stat().st_size
         with (
-            args.input.open(newline="", encoding="utf-8-sig") as source,
-            partial.open("w", newline="", encoding="utf-8") as sink,
+            # A line that is not UTF-8 is a bad row, not the end of the run (see _is_utf8); its
+            # undecodable bytes are written back as "?".
+            args.input.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as source,
+            partial.open("w", newline="", encoding="utf-8", errors="replace") as sink,
             tqdm(total=size, unit="B", unit_scale=True, desc=spec.name, file=sys.stderr) as bar,
         ):
-            summary = score_file(model, source, sink, args.chunk_size, bar)
-    except (Unusable, OSError, UnicodeDecodeError, csv.Error) as error:
+            summary = score_file(
+                model, source, sink, args.chunk_size, bar, escape_formulas=args.escape_formulas
+            )
+            sink.flush()
+            os.fsync(sink.fileno())  # on disk before the rename makes it the output
+        partial.replace(args.output)
+        _sync_directory(args.output.parent)  # and the rename itself
+    except (Unusable, OSError, csv.Error) as error:
         partial.unlink(missing_ok=True)
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
-    partial.replace(args.output)
     print(
         f"{summary.scored} rows scored, {summary.invalid} invalid (see the error column) "
         f"-> {args.output} [{model.info.tag}]",

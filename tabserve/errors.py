@@ -8,21 +8,58 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Self
 
 from tabserve.schemas import ErrorDetail, ErrorResponse
+from tabserve.settings import get_settings
+
+# Error texts may quote what the caller sent (an unknown key, a header): clipped, so the answer
+# stays small whatever was sent.
+MESSAGE_CHARS = 500
+FIELD_CHARS = 100
+REASON_CHARS = 300
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 class ServingError(Exception):
+    """Every error answer is built here: at most `max_error_details` details, each clipped, and
+    the count of the ones left out, so its size is bounded whatever the request held."""
+
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, message: str, details: Sequence[ErrorDetail] = ()) -> None:
+    def __init__(self, message: str, details: Sequence[ErrorDetail] = (), omitted: int = 0) -> None:
         super().__init__(message)
-        self.message = message
-        self.details = list(details)
+        shown = get_settings().max_error_details
+        self.message = clip(message, MESSAGE_CHARS)
+        self.details = [
+            ErrorDetail(
+                field=clip(detail.field, FIELD_CHARS), reason=clip(detail.reason, REASON_CHARS)
+            )
+            for detail in details[:shown]
+        ]
+        self.omitted = omitted + max(0, len(details) - shown)
+
+    @classmethod
+    def listing(cls, details: Sequence[ErrorDetail], total: int | None = None) -> Self:
+        """`<field>: <reason> (and N more)` with the details; `total` counts the problems when
+        only the first ones were made into details."""
+        total = len(details) if total is None else total
+        first = details[0]
+        more = f" (and {total - 1} more)" if total > 1 else ""
+        return cls(f"{first.field}: {first.reason}{more}", details, total - len(details))
+
+    @classmethod
+    def at(cls, field: str, reason: str) -> Self:
+        """One problem, as `<field>: <reason>`."""
+        return cls.listing([ErrorDetail(field=field, reason=reason)])
 
     def to_response(self) -> ErrorResponse:
-        return ErrorResponse(error=self.message, details=self.details)
+        return ErrorResponse(
+            error=self.message, details=self.details, details_omitted=self.omitted or None
+        )
 
 
 class MalformedRequest(ServingError):
@@ -39,6 +76,10 @@ class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class UriTooLong(ServingError):
+    status = HTTPStatus.REQUEST_URI_TOO_LONG
+
+
 class UnsupportedMediaType(ServingError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
@@ -50,13 +91,13 @@ class InvalidInput(ServingError):
 
     @classmethod
     def from_issues(cls, issues: Sequence[Mapping[str, Any]]) -> InvalidInput:
-        """From pydantic's error list (`ValidationError.errors()`, FastAPI's `.errors()`)."""
+        """From pydantic's error list (`ValidationError.errors()`, FastAPI's `.errors()`); only
+        the details shown are built."""
+        shown = issues[: get_settings().max_error_details]
         details = [
-            ErrorDetail(field=field_path(issue["loc"]), reason=_reason(issue)) for issue in issues
+            ErrorDetail(field=field_path(issue["loc"]), reason=_reason(issue)) for issue in shown
         ]
-        first = details[0]
-        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-        return cls(f"{first.field}: {first.reason}{more}", details)
+        return cls.listing(details, len(issues))
 
 
 class ModelUnavailable(ServingError):

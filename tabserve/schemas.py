@@ -117,3 +117,6 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="One line saying what went wrong.")
     details: list[ErrorDetail] = Field(default_factory=list)
+    details_omitted: int | None = Field(
+        None, description="How many more problems there were than `details` lists."
+    )

@@ -26,6 +26,33 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(
         5000, ge=1, description="Longest text accepted in a free-text feature."
     )
+    max_keys_per_instance: int = Field(
+        32,
+        ge=1,
+        description="Most keys one instance may have (the widest model has 13 features), checked "
+        "before validation: a body of unknown keys costs one error per instance, not one per "
+        "key. Also bounds the query-string parameters of a GET prediction.",
+    )
+    max_query_bytes: int = Field(
+        16384,
+        ge=256,
+        description="Longest query string of a GET prediction, in bytes; longer is a 414. Long "
+        "texts go in a POST body.",
+    )
+    max_error_details: int = Field(
+        20,
+        ge=1,
+        description="Most problems listed in one error answer; the rest are counted "
+        "(`details_omitted`), so a body with thousands of bad fields gets a small answer.",
+    )
+    max_drained_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="A body over max_body_bytes is still read (and dropped) up to this size "
+        "before the 413: clients that send the whole body before reading the answer (urllib, "
+        "many proxies) then read the 413 instead of a reset connection. Larger bodies get the "
+        "413 and the connection is closed.",
+    )
 
     # --- model store ------------------------------------------------------------------------
     model_tags: dict[str, str] = Field(
@@ -113,6 +140,14 @@ class Settings(BaseSettings):
         "so the API workers can finish the requests they accepted (BentoML signals every "
         "process at once). Keep preStop pause + this well under terminationGracePeriodSeconds.",
     )
+
+    @property
+    def max_json_values(self) -> int:
+        """Most values (and keys) a JSON body may hold, counted on its bytes before it is parsed:
+        parsed, a value costs up to ~60 bytes of memory, so 8 MB of `{},` would be 170 MB.
+        Derived from the instance limits: a V1 body needs a key and a value per feature and one
+        object per instance; V2 and TabPy bodies need fewer (a value per feature and row)."""
+        return self.max_instances * (2 * self.max_keys_per_instance + 2) + 1024
 
     def tag_for(self, model_name: str) -> str:
         return self.model_tags.get(model_name, f"{model_name}:latest")

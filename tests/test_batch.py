@@ -104,7 +104,8 @@ def test_every_row_equals_the_online_prediction(
     assert len(outputs) - 1 == len(inputs) - 1 == len(expected)
     width = len(inputs[0])
     for given, out, answer in zip(inputs[1:], outputs[1:], expected, strict=True):
-        assert out[:width] == given  # input columns copied through unchanged
+        # Input columns copied through, formula-like text escaped (a real SMS starts with "-").
+        assert out[:width] == [batch.defuse_formula(cell) for cell in given]
         assert out[width] == answer["label"]
         probabilities = [float(value) for value in out[width + 1 : width + 1 + len(classes)]]
         assert probabilities == pytest.approx(
@@ -182,3 +183,56 @@ def test_missing_input_file_exits_2(trained_store, tmp_path: Path, capsys) -> No
     arguments = ["--model", "iris", "--input", str(missing), "--output", str(tmp_path / "o.csv")]
     assert batch.main(arguments) == batch.EXIT_UNUSABLE
     assert "nowhere.csv" in capsys.readouterr().err
+
+
+IRIS_HEADER = "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm,note"
+FORMULAS = {  # a copied-through cell -> how it is written
+    '"=HYPERLINK(""http://evil"",""x"")"': '\'=HYPERLINK("http://evil","x")',
+    "@SUM(A1)": "'@SUM(A1)",
+    "+1+1": "'+1+1",
+    "-2+3": "'-2+3",
+    '"\tcmd"': "'\tcmd",
+    "-5": "-5",  # a number, not a formula
+    "plain": "plain",
+}
+
+
+@pytest.mark.parametrize("escape", [True, False])
+def test_formula_cells_are_escaped_unless_asked_not_to(
+    trained_store, tmp_path: Path, escape: bool
+) -> None:
+    lines = [IRIS_HEADER, *(f"5.1,3.5,1.4,0.2,{cell}" for cell in FORMULAS)]
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    extra = [] if escape else ["--no-escape-formulas"]
+    arguments = ["--model", "iris", "--input", str(source), "--output", str(output), *extra]
+    assert batch.main(arguments) == batch.EXIT_OK
+    notes = [row[4] for row in read_csv(output)[1:]]
+    expected = list(FORMULAS.values())
+    assert notes == (expected if escape else [value.lstrip("'") for value in expected])
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_row(trained_store, tmp_path: Path, capsys) -> None:
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_bytes(
+        f"{IRIS_HEADER}\n5.1,3.5,1.4,0.2,ok\n5.1,3.5,1.4,0.2,caf\xe9\n6.3,3.3,6.0,2.5,ok\n".encode(
+            "latin-1"
+        )
+    )
+    arguments = ["--model", "iris", "--input", str(source), "--output", str(output)]
+    assert batch.main(arguments) == batch.EXIT_INVALID_ROWS
+    rows = read_csv(output)
+    assert len(rows) == 4
+    assert rows[2][4] == "caf\N{REPLACEMENT CHARACTER}" or rows[2][4] == "caf?"
+    assert rows[2][-1] == "line 3: the line is not valid UTF-8 text"
+    assert rows[1][-1] == rows[3][-1] == ""  # the lines around it are scored
+    assert "2 rows scored, 1 invalid" in capsys.readouterr().err
+
+
+def test_a_header_that_is_not_utf8_exits_2(trained_store, tmp_path: Path, capsys) -> None:
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_bytes(b"sepal_length_cm\xff,x\n1,2\n")
+    arguments = ["--model", "iris", "--input", str(source), "--output", str(output)]
+    assert batch.main(arguments) == batch.EXIT_UNUSABLE
+    assert "the header (line 1) is not valid UTF-8" in capsys.readouterr().err
+    assert not output.exists()

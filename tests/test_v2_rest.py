@@ -243,7 +243,7 @@ def test_unknown_model_and_not_json(server) -> None:
     }
     broken = httpx.post(f"{server.url}/v2/models/iris/infer", content=b"{not json", timeout=30)
     assert broken.status_code == 400
-    assert "Invalid JSON" in broken.json()["error"]
+    assert "not valid JSON" in broken.json()["error"]
 
 
 def _binary_request(

@@ -3,7 +3,8 @@ answering errors in each protocol's own error body."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import bentoml
@@ -12,7 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tabserve.dataplane import DataPlane
-from tabserve.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from tabserve.errors import (
+    FIELD_CHARS,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+    clip,
+)
 from tabserve.settings import get_settings
 
 
@@ -27,23 +34,56 @@ def _is_json(content_type: str) -> bool:
     return media_type in ("", "application/json") or media_type.endswith("+json")
 
 
+def decimal(text: str) -> int | None:
+    """A header's non-negative integer, or None: ASCII digits only ("²".isdigit() is True but
+    int("²") fails) and at most 18 of them (int() refuses past 4300)."""
+    return int(text) if _DECIMAL.fullmatch(text) else None
+
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
 async def read_json_body(request: Request) -> bytes:
     """The raw body, refused early when it is not JSON or larger than the configured limit."""
-    if not _is_json(request.headers.get("content-type", "")):
-        raise UnsupportedMediaType(
-            f"unsupported Content-Type {request.headers['content-type']!r}; "
-            "send the body as application/json"
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        raise UnsupportedMediaType.at(
+            "Content-Type",
+            f"send the body as application/json, not {clip(content_type, FIELD_CHARS)!r}",
         )
     limit = get_settings().max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    declared = decimal(request.headers.get("content-length", ""))
+    chunks = request.stream()
+    if declared is not None and declared > limit:
+        await _drain(request, chunks, declared)
+        raise PayloadTooLarge.at("body", f"{declared} bytes; the limit is {limit}")
     body = bytearray()
-    async for chunk in request.stream():  # also bounds chunked bodies that declare no length
+    async for chunk in chunks:  # also bounds chunked bodies that declare no length
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            await _drain(request, chunks, declared)
+            raise PayloadTooLarge.at("body", f"exceeds the limit of {limit} bytes")
     return bytes(body)
+
+
+async def _drain(request: Request, chunks: AsyncIterator[bytes], declared: int | None) -> None:
+    """Read and drop the rest of a refused body, up to `max_drained_body_bytes`.
+
+    uvicorn closes a `Connection: close` socket (urllib, many proxies) as soon as the answer is
+    sent; with body bytes still unread the kernel answers them with a reset, and a client still
+    sending never reads the 413. Read to the end, the 413 arrives whole. A body declared larger
+    than the bound is not worth reading; a client that sent `Expect: 100-continue` has sent
+    nothing yet and reads the answer as it is.
+    """
+    budget = get_settings().max_drained_body_bytes
+    if request.headers.get("expect", "").lower() == "100-continue":
+        return
+    if declared is not None and declared > budget:
+        return
+    async for chunk in chunks:
+        budget -= len(chunk)
+        if budget < 0:
+            return
 
 
 def error_route(render: Callable[[ServingError], dict[str, Any]]) -> type[APIRoute]:

@@ -26,15 +26,14 @@ from http import HTTPStatus
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
 from tabserve.dataplane import DataPlane, Scores
-from tabserve.errors import InvalidInput, ModelNotFound, ServingError
+from tabserve.errors import ModelNotFound, ServingError
 from tabserve.features import Feature, Kind
-from tabserve.instances import rows_of
-from tabserve.schemas import Row, request_model
+from tabserve.instances import validated_rows
+from tabserve.schemas import Row
 from tabserve.settings import get_settings
 
 SERVER_NAME = "tabserve"
@@ -90,10 +89,11 @@ class InvalidTensor(ServingError):
 
 
 def error_text(error: ServingError) -> str:
-    """The one-line message of the protocol's error body, naming every problem."""
+    """The one-line message of the protocol's error body, naming every problem listed."""
     if not error.details:
         return error.message
-    return "; ".join(f"{detail.field}: {detail.reason}" for detail in error.details)
+    text = "; ".join(f"{detail.field}: {detail.reason}" for detail in error.details)
+    return f"{text}; and {error.omitted} more" if error.omitted else text
 
 
 # --- tensors ----------------------------------------------------------------------------------
@@ -346,13 +346,7 @@ def _rows(spec: ModelSpec, tensors: list[Tensor]) -> list[Row]:
         if feature.name in by_name
     }
     instances = [{name: column[row] for name, column in columns.items()} for row in range(batch)]
-    try:
-        request = request_model(spec.name).model_validate({"instances": instances})
-    except ValidationError as error:
-        issues = error.errors(include_url=False)
-        metrics.record_rejection(spec.name, metrics.rejection_reason(issues))
-        raise InvalidInput.from_issues([_tensor_issue(issue) for issue in issues]) from None
-    return rows_of(spec.name, request)
+    return validated_rows(spec.name, {"instances": instances}, locate=_tensor_issue)
 
 
 def _tensors_by_feature(spec: ModelSpec, tensors: list[Tensor]) -> dict[str, Tensor]:

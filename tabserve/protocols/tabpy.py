@@ -29,8 +29,8 @@ from pydantic import BaseModel, ValidationError
 from tabserve import __version__
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.dataplane import DataPlane, Scores
-from tabserve.errors import InvalidInput, MalformedRequest, ModelNotFound, ServingError
-from tabserve.instances import loosen, validate_instances
+from tabserve.errors import InvalidInput, ModelNotFound, ServingError
+from tabserve.instances import check_instance_count, loosen, parse_json, validate_instances
 from tabserve.protocols.http import dataplane, error_route, read_json_body
 from tabserve.schemas import ErrorDetail
 from tabserve.settings import get_settings
@@ -102,8 +102,10 @@ def find_endpoint(name: str) -> Endpoint:
 # --- errors in TabPy's shape ----------------------------------------------------------------------
 def _tabpy_error(error: ServingError) -> dict[str, Any]:
     """TabPy's error body, which its own client reads."""
-    details = [detail.model_dump() for detail in error.details]
-    return {"message": error.message, "info": {"details": details}}
+    info: dict[str, Any] = {"details": [detail.model_dump() for detail in error.details]}
+    if error.omitted:
+        info["details_omitted"] = error.omitted
+    return {"message": error.message, "info": info}
 
 
 router = APIRouter(tags=["Tableau (TabPy)"], route_class=error_route(_tabpy_error))
@@ -126,12 +128,9 @@ class EvaluateBody(BaseModel):
 
 def _parse_body(model: type[Body], body: bytes) -> Body:
     try:
-        return model.model_validate_json(body)
+        return model.model_validate(parse_json(body))
     except ValidationError as error:
-        issues = error.errors(include_url=False)
-        if any(issue["type"] == "json_invalid" for issue in issues):
-            raise MalformedRequest(f"request body is not valid JSON: {issues[0]['msg']}") from None
-        raise InvalidInput.from_issues(issues) from None
+        raise InvalidInput.from_issues(error.errors(include_url=False)) from None
 
 
 # --- columns -> rows -> answer --------------------------------------------------------------------
@@ -148,6 +147,7 @@ def _instances(spec: ModelSpec, columns: dict[str, list[Any]]) -> list[dict[str,
             f"the columns differ in length: {lengths}",
             [ErrorDetail(field="data", reason="every column must have one value per row")],
         )
+    check_instance_count(max(lengths.values(), default=0))  # before a dict is built per row
     features = {feature.name: feature for feature in spec.features}
     rows = zip(*columns.values(), strict=True)
     return [
@@ -184,11 +184,12 @@ def parse_script(script: str) -> tuple[str, list[str]]:
     Only parsed, never compiled or run: anything but that exact shape is a ScriptRejected.
     """
     if len(script) > MAX_SCRIPT_CHARS:
-        raise ScriptRejected(f"the script is longer than {MAX_SCRIPT_CHARS} characters")
+        raise ScriptRejected.at("script", f"longer than {MAX_SCRIPT_CHARS} characters")
+    source = textwrap.dedent(script).strip()
     try:
-        module = ast.parse(textwrap.dedent(script).strip())
+        module = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
-        raise ScriptRejected(f"the script is not valid Python: {error}") from None
+        raise ScriptRejected.at("script", f"not valid Python: {error}") from None
     match module.body:
         case [
             ast.Return(
@@ -204,13 +205,18 @@ def parse_script(script: str) -> tuple[str, list[str]]:
         ]:
             pass
         case _:
-            raise ScriptRejected(f"only scripts of the form {SCRIPT_FORM} are accepted")
+            raise ScriptRejected.at(
+                "script", f"only scripts of the form {SCRIPT_FORM} are accepted"
+            )
     names = []
     for argument in arguments:
         if not (isinstance(argument, ast.Name) and _ARGUMENT.fullmatch(argument.id)):
-            raise ScriptRejected(
-                f"tabpy.query arguments must be the columns _arg1 ... _argN, "
-                f"not {ast.unparse(argument)!r}"
+            # Quoted from the source, never ast.unparse: it recurses, and `not not ... _arg1`
+            # nested a few hundred deep raised RecursionError (a 500).
+            quoted = ast.get_source_segment(source, argument) or type(argument).__name__
+            raise ScriptRejected.at(
+                "script",
+                f"tabpy.query arguments must be the columns _arg1 ... _argN, not {quoted!r}",
             )
         names.append(argument.id)
     return name, names
@@ -219,13 +225,15 @@ def parse_script(script: str) -> tuple[str, list[str]]:
 def _script_columns(target: Endpoint, names: list[str], data: dict[str, Any]) -> list[Any]:
     missing = [name for name in names if name not in data]
     if missing:
-        raise ScriptRejected(
-            f"the script uses {', '.join(missing)} but the data has only {', '.join(data) or '-'}"
+        raise ScriptRejected.at(
+            "data",
+            f"the script uses {', '.join(missing)} but the data has only {', '.join(data) or '-'}",
         )
     if len(names) != len(target.feature_names):
-        raise ScriptRejected(
+        raise ScriptRejected.at(
+            "script",
             f"{target.name} takes {len(target.feature_names)} arguments, the script passes "
-            f"{len(names)}; {target.docstring()}"
+            f"{len(names)}; {target.docstring()}",
         )
     return [data[name] for name in names]
 
@@ -296,7 +304,9 @@ async def evaluate(request: Request, plane: Plane) -> list[Any]:
     body = _parse_body(EvaluateBody, await read_json_body(request))
     name, names = parse_script(body.script)
     if name not in ENDPOINTS:
-        raise ScriptRejected(f"unknown endpoint {name!r}; available: {', '.join(ENDPOINTS)}")
+        raise ScriptRejected.at(
+            "script", f"unknown endpoint {name!r}; available: {', '.join(ENDPOINTS)}"
+        )
     target = ENDPOINTS[name]
     columns = _positional(target, _script_columns(target, names, body.data))
     return await _answer(plane, target, columns)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tabserve.errors import ServingError
+from tabserve.errors import ServingError, clip
 from tabserve.protocols.grpc import inference_pb2 as pb
 from tabserve.protocols.grpc import inference_pb2_grpc
 from tabserve.protocols.oip import (
@@ -29,6 +29,9 @@ from tabserve.protocols.oip import (
 )
 
 logger = logging.getLogger(__name__)
+
+# '%' is the one printable character sent as three bytes (%25): 2000 characters stay < 6 KiB.
+GRPC_MESSAGE_CHARS = 2000
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -72,13 +75,21 @@ def _answering_errors(method: Method) -> Method:
             return await method(self, request, context)
         except ServingError as error:
             code = STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL)
-            message = error_text(error)
+            message = _status_message(error)
         except Exception:
             logger.exception("unhandled error in gRPC %s", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
         await context.abort(code, message)
 
     return answer
+
+
+def _status_message(error: ServingError) -> str:
+    """The error's text as `grpc-message`: a header, percent-encoded outside printable ASCII,
+    that gRPC refuses past 8 KiB of metadata (the client then sees RESOURCE_EXHAUSTED, not the
+    error). ASCII escapes and the cap keep it under 6 KiB whatever the caller sent."""
+    text = error_text(error).encode("ascii", "backslashreplace").decode()
+    return clip(text, GRPC_MESSAGE_CHARS)
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
