@@ -25,6 +25,7 @@ from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
+from tabserve.security_headers import SecurityHeadersMiddleware
 from tabserve.settings import get_settings
 
 if TYPE_CHECKING:
@@ -137,3 +138,7 @@ class ModelAPI:
     def __metrics__(self, exposition: str) -> str:
         """/metrics (every process's samples, merged by BentoML), endpoint labels bounded."""
         return bound_endpoint_labels(exposition, _endpoint_label)
+
+
+# On the service, not only our FastAPI app, so BentoML's own routes carry the headers too.
+ModelAPI.add_asgi_middleware(SecurityHeadersMiddleware)

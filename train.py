@@ -2,7 +2,8 @@
 
     python train.py                 # all models
     python train.py --only churn    # one model (repeatable)
-    python train.py --if-missing    # only models the store does not have yet (used by `make serve`)
+    python train.py --if-missing    # only models the store lacks (used by `make serve`), or has
+                                    # from before file digests were recorded
     python train.py --fast          # small ensembles: for tests, not for serving
 
 The model store is BentoML's: $BENTOML_HOME/models (default ~/bentoml/models).
@@ -23,15 +24,18 @@ from tqdm import tqdm
 
 from tabserve.catalog import MODELS
 from tabserve.datasets import DATA_DIR
+from tabserve.integrity import DIGESTS_KEY
 from tabserve.training import save, train
 
 
 def _in_store(name: str) -> bool:
+    """A version is in the store, with the file digests loading checks: a model saved before
+    they were recorded would be refused at load, so it counts as missing."""
     try:
-        bentoml.models.get(f"{name}:latest")
+        model = bentoml.models.get(f"{name}:latest")
     except NotFound:
         return False
-    return True
+    return DIGESTS_KEY in model.info.metadata
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,7 +51,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--if-missing",
         action="store_true",
-        help="skip models that already have a version in the store",
+        help="skip models that already have a version (with file digests) in the store",
     )
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the CSV files are")
     return parser.parse_args(argv)

@@ -19,7 +19,7 @@ from tabserve.errors import InvalidInput, ServingError
 from tabserve.http_metrics import RestMetricsMiddleware
 from tabserve.protocols import tabpy, v1, v2
 from tabserve.schemas import ErrorResponse, request_model
-from tabserve.web import mount_ui
+from tabserve.web import mount_pages
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +80,15 @@ def create_app() -> FastAPI:
         version=__version__,
         description="Scikit-learn and XGBoost models served by BentoML. "
         'Errors are JSON: `{"error": ..., "details": [{"field": ..., "reason": ...}]}`.',
-        # BentoML serves its own UI at / and /docs.json; ours live under /v1.
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        # /v1/docs is served by tabserve.web, from local assets instead of FastAPI's CDN links.
+        docs_url=None,
         redoc_url=None,
     )
     app.include_router(v1.router)
     app.include_router(tabpy.router)
     app.include_router(v2.router)
-    mount_ui(app)
+    mount_pages(app)
     app.add_middleware(BearerTokenMiddleware)  # no-op unless TABSERVE_API_TOKEN is set
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)

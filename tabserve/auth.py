@@ -58,7 +58,8 @@ def token_is_valid(authorization_header: str | None) -> bool:
 
 
 def _is_open(path: str) -> bool:
-    return path.startswith(OPEN_PATHS)
+    # `/` only redirects to the web page; as a prefix it would open every route.
+    return path == "/" or path.startswith(OPEN_PATHS)
 
 
 def _unauthorized(authorization_header: str | None) -> JSONResponse:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import xgboost
 
+from tabserve import integrity
 from tabserve.catalog import ModelSpec
 from tabserve.schemas import ModelInfo, Row
 from tabserve.training import XGBOOST_MODEL_FILE
@@ -18,6 +19,8 @@ from tabserve.training import XGBOOST_MODEL_FILE
 
 class LoadedModel:
     def __init__(self, spec: ModelSpec, stored: bentoml.Model, threads: int) -> None:
+        # Before any framework reads a file: a pickle runs code as it loads.
+        integrity.verify(stored)
         self.spec = spec
         self.info = ModelInfo(
             name=spec.name,

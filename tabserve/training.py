@@ -15,7 +15,7 @@ import xgboost
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from tabserve import datasets
+from tabserve import datasets, integrity
 from tabserve.catalog import ModelSpec
 from tabserve.estimators import SEED
 from tabserve.features import Kind
@@ -150,16 +150,23 @@ def model_metadata(trained: TrainedModel) -> dict[str, Any]:
 
 
 def save(trained: TrainedModel) -> bentoml.Model:
+    """Save to the model store with the SHA-256 of each file in the metadata (checked at load,
+    tabserve/integrity.py); returns the stored model."""
     spec = trained.spec
     labels = {"use_case": spec.name, "dataset_sha256": trained.dataset_sha256}
     metadata = model_metadata(trained)
     if spec.framework == "sklearn":
-        return bentoml.sklearn.save_model(
+        saved = bentoml.sklearn.save_model(
             spec.name, trained.estimator, labels=labels, metadata=metadata
         )
-    # XGBoost models are stored in XGBoost's own UBJSON format, readable by any later XGBoost,
-    # instead of a pickle. (bentoml.xgboost.save_model would also need the `xgboost`
-    # distribution's metadata, which the slimmer `xgboost-cpu` wheel does not provide.)
-    with bentoml.models.create(spec.name, labels=labels, metadata=metadata) as model:
-        trained.estimator.get_booster().save_model(model.path_of(XGBOOST_MODEL_FILE))
-    return model
+    else:
+        # XGBoost models are stored in XGBoost's own UBJSON format, readable by any later
+        # XGBoost, instead of a pickle. (bentoml.xgboost.save_model would also need the `xgboost`
+        # distribution's metadata, which the slimmer `xgboost-cpu` wheel does not provide.)
+        with bentoml.models.create(spec.name, labels=labels, metadata=metadata) as saved:
+            trained.estimator.get_booster().save_model(saved.path_of(XGBOOST_MODEL_FILE))
+    # The digests of the files as they lie in the store. Should this process die before they
+    # are written, the model has none and is refused at load, never served unverified.
+    stored = bentoml.models.get(saved.tag)
+    integrity.record(stored)
+    return stored

@@ -37,7 +37,10 @@ class ServerProcess:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, log: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    def start(
+        cls, log: Path, env: dict[str, str] | None = None, wait_ready: bool = True
+    ) -> Iterator[ServerProcess]:
+        """`wait_ready=False`: yield at once, for tests of a server that must not become ready."""
         port = free_port()
         # Each server gets a BentoML home of its own, with the trained models linked in: BentoML
         # empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts, so servers
@@ -73,7 +76,8 @@ class ServerProcess:
             )
         server = cls(process, f"http://127.0.0.1:{port}", log, int(env["TABSERVE_GRPC_PORT"]))
         try:
-            server.wait_ready()
+            if wait_ready:
+                server.wait_ready()
             yield server
         finally:
             server.stop()

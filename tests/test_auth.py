@@ -109,9 +109,17 @@ def test_a_bad_request_with_the_token_still_gets_its_own_error(client: httpx.Cli
     assert response.status_code == 422
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/v1/docs", "/v1/openapi.json"])
+OPEN = ["/livez", "/readyz", "/metrics", "/v1/docs", "/v1/docs/assets/swagger-ui.css"]
+
+
+@pytest.mark.parametrize("path", [*OPEN, "/v1/openapi.json"])
 def test_probes_metrics_and_docs_are_open(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 200
+
+
+def test_root_redirect_is_open_and_opens_nothing_else(client: httpx.Client) -> None:
+    assert client.get("/").status_code == 307
+    assert client.get("/v1/models").status_code == 401
 
 
 def test_metrics_show_the_refused_requests(client: httpx.Client) -> None:

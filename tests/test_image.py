@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -29,6 +30,14 @@ pytestmark = pytest.mark.slow
 
 BUILD_TIMEOUT_S = 1500
 READY_TIMEOUT_S = 120
+# Where scripts/build-image.sh caches the debootstrap'ed root and its log.
+CACHE_DIR = Path(
+    os.environ.get("TABSERVE_CACHE_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tabserve"
+)
+DEBOOTSTRAP_LOG = CACHE_DIR / "debian-bookworm-python3.11-signed.tar.debootstrap.log"
+# Certificates the build host added to its own trust store (e.g. a TLS-intercepting proxy's).
+HOST_LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 
 
 @dataclass
@@ -140,6 +149,32 @@ def _inspect(reference: str, storage: Path, template: str) -> str:
     ).stdout.strip()
 
 
+def _shell_in_image(reference: str, storage: Path, script: str) -> str:
+    """What `sh -c script` prints in a throwaway container of the image."""
+    podman, env = _podman(storage)
+    return subprocess.run(
+        [
+            *podman,
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+            "--entrypoint",
+            "sh",
+            reference,
+            "-c",
+            script,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
 def test_make_image_prints_the_bento_version_as_tag(reference: str) -> None:
     name, version = reference.split(":")
     assert name == "tabserve"
@@ -154,34 +189,33 @@ def test_make_image_prints_the_bento_version_as_tag(reference: str) -> None:
 
 def test_image_runs_as_non_root_without_compilers(reference: str, storage: Path) -> None:
     assert _inspect(reference, storage, "{{.Config.User}}") not in ("", "root", "0")
-    podman, env = _podman(storage)
-    probe = subprocess.run(
-        [
-            *podman,
-            "run",
-            "--rm",
-            "--ulimit",
-            "nofile=4096:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--entrypoint",
-            "sh",
-            reference,
-            "-c",
-            "id -u; command -v gcc cc g++ make git || :",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    uid, *tools = probe.stdout.split()
+    uid, *tools = _shell_in_image(
+        reference, storage, "id -u; command -v gcc cc g++ make git || :"
+    ).split()
     assert uid != "0"
     assert tools == [], f"build tools left in the runtime image: {tools}"
     size_mb = int(_inspect(reference, storage, "{{.Size}}")) / 1e6
     print(f"\nimage {reference}: {size_mb:.0f} MB")
     assert size_mb < 1000
+
+
+def test_the_debian_base_was_bootstrapped_with_a_checked_signature(reference: str) -> None:
+    log = DEBOOTSTRAP_LOG.read_text()
+    assert re.search(r"^I: Valid Release signature \(key id [0-9A-F]+\)$", log, re.MULTILINE), log
+
+
+def test_the_image_trusts_debians_ca_bundle_not_the_build_hosts(
+    reference: str, storage: Path
+) -> None:
+    shell = (
+        "dpkg-query -W -f '${Status}\\n' ca-certificates; cat /etc/ssl/certs/ca-certificates.crt"
+    )
+    status, bundle = _shell_in_image(reference, storage, shell).split("\n", 1)
+    assert status == "install ok installed"
+    assert bundle.count("BEGIN CERTIFICATE") > 100  # Debian's Mozilla set
+    for certificate in HOST_LOCAL_CAS.rglob("*.crt"):
+        body = "".join(certificate.read_text().split("-----")[2].split())
+        assert body not in "".join(bundle.split()), f"{certificate} was copied into the image"
 
 
 def test_readyz_and_an_http_prediction(running: Running) -> None:

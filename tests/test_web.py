@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tabserve.catalog import MODELS
 
@@ -54,11 +54,29 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def record_console_errors(page: Page, errors: list[str]) -> None:
+    """Into `errors`: what the page logs as an error (a Content-Security-Policy violation is
+    one) or throws."""
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error" and errors.append(f"{message.text} ({message.location['url']})")
+        ),
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+
 @pytest.fixture
-def page(browser: Browser, server) -> Iterator[Page]:
+def console_errors() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def page(browser: Browser, server, console_errors: list[str]) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    record_console_errors(page, console_errors)
     page.goto(f"{server.url}/ui/")
     yield page
     context.close()
@@ -143,6 +161,71 @@ def test_ui_without_slash_redirects(server) -> None:
     answer = httpx.get(f"{server.url}/ui", follow_redirects=True)
     assert answer.status_code == 200
     assert "<title>tabserve" in answer.text
+
+
+# --- the pages under their Content-Security-Policy (tabserve/security_headers.py) -----------------
+def test_page_works_under_its_csp_without_violations(page: Page, console_errors: list[str]) -> None:
+    open_model(page, "iris")  # builds the form from /v1/models
+    for name, value in IRIS.items():
+        page.fill(f"#feature-{name}", str(value))
+    page.click("#predict")  # the probability bars set their width from the script
+    expect(page.locator("#result-probabilities li")).to_have_count(3)
+    assert console_errors == []
+
+
+def test_the_csp_is_enforced(page: Page, console_errors: list[str]) -> None:
+    """An injected inline script does not run, and the browser reports the violation (so the
+    console checks above would see one)."""
+    with page.expect_console_message(lambda message: "Content Security Policy" in message.text):
+        ran = page.evaluate(
+            """() => {
+                const script = document.createElement("script");
+                script.textContent = "window.injected = true";
+                document.head.append(script);
+                return window.injected === true;
+            }"""
+        )
+    assert ran is False
+    assert any("script-src" in error for error in console_errors)
+
+
+def test_root_opens_the_prediction_page(page: Page, server) -> None:
+    page.goto(server.url)
+    expect(page).to_have_url(f"{server.url}/ui/#{next(iter(MODELS))}")
+    expect(page.locator("nav button")).to_have_count(len(MODELS))
+
+
+def test_docs_work_offline_under_their_csp(browser: Browser, server) -> None:
+    """Every asset comes from this server (any other request is refused here and recorded),
+    the operations list renders, and "Try it out" reaches the API: no CSP violation."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    elsewhere: list[str] = []
+
+    def this_server_only(route: Route) -> None:
+        if route.request.url.startswith(f"{server.url}/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", this_server_only)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    record_console_errors(page, errors)
+    page.goto(f"{server.url}/v1/docs")
+
+    document = httpx.get(f"{server.url}/v1/openapi.json").json()
+    operations = sum(len(methods) for methods in document["paths"].values())
+    expect(page.locator(".opblock")).to_have_count(operations)
+    listing = page.locator("#operations-V1_REST-list_models_v1_models_get")
+    listing.locator(".opblock-summary").click()
+    listing.get_by_role("button", name="Try it out").click()
+    listing.get_by_role("button", name="Execute").click()
+    expect(listing.locator(".live-responses-table tbody .response-col_status")).to_have_text("200")
+    context.close()
+    assert elsewhere == []
+    assert errors == []
 
 
 # --- GET /v1/models/<name>:predict?feature=value --------------------------------------------------
