@@ -22,7 +22,7 @@ from tabserve import bentoml_runtime, metrics
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
-from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
+from tabserve.http_metrics import endpoint_labeller
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
 from tabserve.settings import get_settings
@@ -47,6 +47,7 @@ class ModelRunner:
         # process that imports them, and the arbiter and API workers never touch a model.
         from tabserve.inference import LoadedModel
 
+        bentoml_runtime.check_replacements_in_effect(bentoml_runtime.RUNNER_REPLACEMENTS)
         bentoml_runtime.stop_later_on_sigterm(settings.shutdown_drain_s)
         metrics.record_models_loading(MODELS)
         self.loaded = {
@@ -98,9 +99,11 @@ ModelRunner = bentoml.service(
 
 
 http_app = create_app()
-# BentoML labels its request metrics with the raw path: /metrics maps each to a bounded value.
-_endpoint_label = endpoint_labeller(
-    http_app.router.routes, [method.route for method in ModelRunner.apis.values()]
+# BentoML labels its request metrics with the raw path: they get a bounded value instead.
+bentoml_runtime.bound_metric_paths(
+    endpoint_labeller(
+        http_app.router.routes, [method.route for method in ModelRunner.apis.values()]
+    )
 )
 
 
@@ -110,6 +113,7 @@ class ModelAPI:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
+        bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
         self.grpc_server: GrpcServer | None = None
@@ -133,7 +137,3 @@ class ModelAPI:
     async def __is_ready__(self) -> bool:
         """/readyz: ready once the runner answers with every model of the catalog loaded."""
         return await self.dataplane.ready()
-
-    def __metrics__(self, exposition: str) -> str:
-        """/metrics (every process's samples, merged by BentoML), endpoint labels bounded."""
-        return bound_endpoint_labels(exposition, _endpoint_label)
