@@ -19,6 +19,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 import bentoml
 
 from tabserve import bentoml_runtime, metrics
+from tabserve.admission import AdmissionMiddleware
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
@@ -108,12 +109,20 @@ bentoml_runtime.bound_metric_paths(
 
 
 @bentoml.asgi_app(http_app, path="/")
-@bentoml.service(name="tabserve", workers=settings.api_workers, **_request_logging)
+@bentoml.service(
+    name="tabserve",
+    workers=settings.api_workers,
+    # /readyz asks the runner through __is_ready__, with a deadline; BentoML's own runner probe
+    # would be a second request per probe, whose timeout error turns /readyz into a 500.
+    runner_probe={"enabled": False},
+    **_request_logging,
+)
 class ModelAPI:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
+        metrics.declare_shed_series()
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
         self.grpc_server: GrpcServer | None = None
@@ -135,5 +144,9 @@ class ModelAPI:
             await self.grpc_server.stop()
 
     async def __is_ready__(self) -> bool:
-        """/readyz: ready once the runner answers with every model of the catalog loaded."""
+        """/readyz: ready while the runner answers, with every model of the catalog loaded."""
         return await self.dataplane.ready()
+
+
+# Per API worker: at most max_in_flight requests at once, max_queued waiting, the rest shed.
+ModelAPI.add_asgi_middleware(AdmissionMiddleware)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from tabserve.schemas import ErrorDetail, ErrorResponse
 
 
 class ServingError(Exception):
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    headers: ClassVar[Mapping[str, str]] = {}  # extra HTTP response headers
 
     def __init__(self, message: str, details: Sequence[ErrorDetail] = ()) -> None:
         super().__init__(message)
@@ -60,9 +61,10 @@ class InvalidInput(ServingError):
 
 
 class ModelUnavailable(ServingError):
-    """The runner cannot take the request now (overloaded or still loading): retry later."""
+    """The runner cannot take the request now (overloaded, loading, not answering): retry."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": "1"}
 
 
 def field_path(location: Sequence[Any]) -> str:
