@@ -19,10 +19,11 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 import bentoml
 
 from tabserve import bentoml_runtime, metrics
+from tabserve.admission import AdmissionMiddleware
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
-from tabserve.http_metrics import bound_endpoint_labels, endpoint_labeller
+from tabserve.http_metrics import endpoint_labeller
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
 from tabserve.security_headers import SecurityHeadersMiddleware
@@ -48,6 +49,7 @@ class ModelRunner:
         # process that imports them, and the arbiter and API workers never touch a model.
         from tabserve.inference import LoadedModel
 
+        bentoml_runtime.check_replacements_in_effect(bentoml_runtime.RUNNER_REPLACEMENTS)
         bentoml_runtime.stop_later_on_sigterm(settings.shutdown_drain_s)
         metrics.record_models_loading(MODELS)
         self.loaded = {
@@ -99,18 +101,29 @@ ModelRunner = bentoml.service(
 
 
 http_app = create_app()
-# BentoML labels its request metrics with the raw path: /metrics maps each to a bounded value.
-_endpoint_label = endpoint_labeller(
-    http_app.router.routes, [method.route for method in ModelRunner.apis.values()]
+# BentoML labels its request metrics with the raw path: they get a bounded value instead.
+bentoml_runtime.bound_metric_paths(
+    endpoint_labeller(
+        http_app.router.routes, [method.route for method in ModelRunner.apis.values()]
+    )
 )
 
 
 @bentoml.asgi_app(http_app, path="/")
-@bentoml.service(name="tabserve", workers=settings.api_workers, **_request_logging)
+@bentoml.service(
+    name="tabserve",
+    workers=settings.api_workers,
+    # /readyz asks the runner through __is_ready__, with a deadline; BentoML's own runner probe
+    # would be a second request per probe, whose timeout error turns /readyz into a 500.
+    runner_probe={"enabled": False},
+    **_request_logging,
+)
 class ModelAPI:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
+        bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
+        metrics.declare_shed_series()
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
         self.grpc_server: GrpcServer | None = None
@@ -132,13 +145,11 @@ class ModelAPI:
             await self.grpc_server.stop()
 
     async def __is_ready__(self) -> bool:
-        """/readyz: ready once the runner answers with every model of the catalog loaded."""
+        """/readyz: ready while the runner answers, with every model of the catalog loaded."""
         return await self.dataplane.ready()
 
-    def __metrics__(self, exposition: str) -> str:
-        """/metrics (every process's samples, merged by BentoML), endpoint labels bounded."""
-        return bound_endpoint_labels(exposition, _endpoint_label)
 
-
+# Per API worker: at most max_in_flight requests at once, max_queued waiting, the rest shed.
+ModelAPI.add_asgi_middleware(AdmissionMiddleware)
 # On the service, not only our FastAPI app, so BentoML's own routes carry the headers too.
 ModelAPI.add_asgi_middleware(SecurityHeadersMiddleware)

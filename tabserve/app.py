@@ -26,7 +26,11 @@ logger = logging.getLogger(__name__)
 
 async def _serving_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServingError)
-    return JSONResponse(error.to_response().model_dump(exclude_none=True), status_code=error.status)
+    return JSONResponse(
+        error.to_response().model_dump(exclude_none=True),
+        status_code=error.status,
+        headers=error.headers,
+    )
 
 
 async def _request_validation_error(_: Request, error: Exception) -> JSONResponse:

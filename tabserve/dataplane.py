@@ -6,11 +6,16 @@ this one object, so validation, the runner call and the response shape exist onc
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pydantic_core
 from bentoml.exceptions import BentoMLException
@@ -22,6 +27,10 @@ from tabserve.instances import validated_rows
 from tabserve.runner_calls import MergedCalls
 from tabserve.schemas import ModelInfo, Row
 from tabserve.settings import get_settings
+
+# How long a readiness answer is reused: probes, the gRPC health loop and clients all ask, and the
+# runner is asked at most once per interval per API worker.
+READY_RECHECK_S = 1.0
 
 
 def runner_api_name(model_name: str) -> str:
@@ -57,30 +66,71 @@ class Scores:
         return pydantic_core.to_json({"predictions": predictions, "model": self.tag})
 
 
+@contextmanager
+def runner_faults_unavailable(timeout_s: float) -> Iterator[None]:
+    """A runner that cannot answer now becomes ModelUnavailable (HTTP 503 with Retry-After, gRPC
+    UNAVAILABLE): no answer within the deadline (stopped, restarting, swamped), a connection
+    that failed even after the retries (killed), or its own 503 (queue deadline passed). Any
+    other runner error is a bug and stays one (500)."""
+    try:
+        yield
+    except TimeoutError:
+        raise ModelUnavailable(
+            f"the model runner did not answer within {timeout_s:g} s; retry shortly"
+        ) from None
+    except aiohttp.ClientError as error:
+        raise ModelUnavailable(
+            f"the model runner is not reachable ({error}); retry shortly"
+        ) from error
+    except BentoMLException as error:
+        if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+            raise ModelUnavailable("the model runner is overloaded; retry shortly") from error
+        raise
+
+
 class DataPlane:
     def __init__(self, runner: Any) -> None:
         # `runner`: awaitable calls to service.ModelRunner (its dependency proxy's `to_async`).
         self._runner = runner
+        self._timeout_s = get_settings().runner_timeout_s
         self._infos: dict[str, ModelInfo] | None = None
         self._merged_calls: dict[str, MergedCalls] = {}
+        self._ready = False
+        self._recheck_ready_at = 0.0
 
     # --- model registry ---------------------------------------------------------------------
     async def model_infos(self) -> dict[str, ModelInfo]:
-        """What the runner loaded (tags resolved to versions), asked once and then cached."""
+        """What the runner loaded (tags resolved to versions): asked once, then refreshed by
+        each readiness check."""
         if self._infos is None:
-            try:
-                described = await self._runner.describe()
-            except BentoMLException as error:
-                raise ModelUnavailable(f"the model runner is not available: {error}") from error
-            self._infos = {item["name"]: ModelInfo(**item) for item in described}
+            await self._describe()
+        assert self._infos is not None
         return self._infos
 
+    async def _describe(self) -> None:
+        with runner_faults_unavailable(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s):
+                described = await self._runner.describe()
+        self._infos = {item["name"]: ModelInfo(**item) for item in described}
+
     async def ready(self) -> bool:
-        try:
-            infos = await self.model_infos()
-        except ModelUnavailable:
-            return False
-        return set(infos) == set(MODELS)
+        """Every model of the catalog loaded in a runner that answered lately.
+
+        The runner is asked again once READY_RECHECK_S has passed (callers meanwhile get the
+        last answer), so a runner that stops answering turns this false within
+        runner_timeout_s + READY_RECHECK_S, and a runner that is back turns it true again:
+        /readyz, V2 readiness and gRPC health follow the runner without an API restart.
+        """
+        if time.monotonic() >= self._recheck_ready_at:
+            self._recheck_ready_at = float("inf")  # one check at a time
+            try:
+                await self._describe()
+                self._ready = set(self._infos or ()) == set(MODELS)
+            except ModelUnavailable:
+                self._ready = False
+            finally:
+                self._recheck_ready_at = time.monotonic() + READY_RECHECK_S
+        return self._ready
 
     def spec(self, model_name: str) -> ModelSpec:
         try:
@@ -103,12 +153,8 @@ class DataPlane:
     async def predict_rows(self, model_name: str, rows: list[Row]) -> Scores:
         spec = self.spec(model_name)
         info = await self.model_info(model_name)
-        try:
+        with runner_faults_unavailable(self._timeout_s):
             probabilities = await self._runner_calls(model_name).predict(rows)
-        except BentoMLException as error:
-            if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-                raise ModelUnavailable("the model runner is overloaded; retry shortly") from error
-            raise
         metrics.record_predictions(spec, info.tag, probabilities)
         return Scores(spec, info.tag, probabilities)
 
@@ -120,6 +166,7 @@ class DataPlane:
                 getattr(self._runner, runner_api_name(model_name)),
                 max_rows=settings.batch_max_size,
                 max_in_flight=settings.runner_calls_in_flight,
+                timeout_s=self._timeout_s,
             )
         return self._merged_calls[model_name]
 

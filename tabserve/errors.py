@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tabserve.schemas import ErrorDetail, ErrorResponse
 from tabserve.settings import get_settings
@@ -29,6 +29,7 @@ class ServingError(Exception):
     the count of the ones left out, so its size is bounded whatever the request held."""
 
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    headers: ClassVar[Mapping[str, str]] = {}  # extra HTTP response headers
 
     def __init__(self, message: str, details: Sequence[ErrorDetail] = (), omitted: int = 0) -> None:
         super().__init__(message)
@@ -101,9 +102,10 @@ class InvalidInput(ServingError):
 
 
 class ModelUnavailable(ServingError):
-    """The runner cannot take the request now (overloaded or still loading): retry later."""
+    """The runner cannot take the request now (overloaded, loading, not answering): retry."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": "1"}
 
 
 def field_path(location: Sequence[Any]) -> str:

@@ -4,24 +4,16 @@ Two jobs, one rule (a path becomes the template of the route it matches, or `<un
 
 * `RestMetricsMiddleware` counts and times every request our HTTP app answers
   (`tabserve_requests_total` / `tabserve_request_duration_seconds`, protocol="rest").
-* `bound_endpoint_labels` rewrites BentoML's own `bentoml_service_*` series before `/metrics`
-  serves them. BentoML labels them `endpoint=<raw request path>`, so every 404 probe or fuzzer
-  path would add series for good (unbounded cardinality in Prometheus). BentoML's metrics
-  middleware is the outermost layer of its app, so the path cannot be changed before it records;
-  the exposition is the one place left. The per-process sample files still hold one entry per
-  distinct raw path until the worker restarts; what Prometheus stores stays bounded.
+* `endpoint_labeller` gives BentoML's own `bentoml_service_*` series their `endpoint` label
+  (bentoml_runtime.bound_metric_paths). BentoML labels them with the raw request path, so every
+  404 probe or fuzzer path would add samples to the per-process files and series to Prometheus.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -108,40 +100,3 @@ def endpoint_labeller(
         return route_template(routes, scope, any_method=True)
 
     return label
-
-
-def bound_endpoint_labels(exposition: str, label: Callable[[str], str]) -> str:
-    """The exposition with every `endpoint` label replaced by `label(endpoint)`; samples that
-    end up with the same labels are summed (counters, histogram buckets, in-progress gauges:
-    all of BentoML's endpoint-labelled series are sums)."""
-    families = list(text_string_to_metric_families(exposition))
-    # One route match per distinct path, not per sample (a histogram has ~15 per path); the
-    # cache lives for this call only, so junk paths cannot grow it.
-    label = functools.cache(label)
-    for family in families:
-        if any("endpoint" in sample.labels for sample in family.samples):
-            family.samples = _merged(family.samples, label)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(families))
-    return generate_latest(registry).decode()
-
-
-def _merged(samples: Iterable[Sample], label: Callable[[str], str]) -> list[Sample]:
-    totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for sample in samples:
-        labels = dict(sample.labels)
-        if "endpoint" in labels:
-            labels["endpoint"] = label(labels["endpoint"])
-        key = (sample.name, tuple(labels.items()))
-        totals[key] = totals.get(key, 0.0) + sample.value
-    return [Sample(name, dict(labels), value) for (name, labels), value in totals.items()]
-
-
-class _Fixed:
-    """A collector that yields already-collected families (to reuse the text renderer)."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families

@@ -56,6 +56,12 @@ REQUEST_DURATION = Histogram(
     _REQUEST_LABELS,
     buckets=_LATENCY_BUCKETS_S,
 )
+SHED_REQUESTS = Counter(
+    "tabserve_shed_requests_total",
+    "Requests refused at once (HTTP 503, gRPC RESOURCE_EXHAUSTED) because their API worker had "
+    "max_in_flight requests running and max_queued waiting. Not in tabserve_requests_total.",
+    ("protocol",),
+)
 REQUESTS_IN_PROGRESS = Gauge(
     "tabserve_requests_in_progress",
     "Requests being handled now, summed over the live API worker processes.",
@@ -140,6 +146,17 @@ def record_request(
     labels = (protocol, route, method, str(code))
     REQUESTS.labels(*labels).inc()
     REQUEST_DURATION.labels(*labels).observe(seconds)
+
+
+def record_shed(protocol: Protocol) -> None:
+    SHED_REQUESTS.labels(protocol).inc()
+
+
+def declare_shed_series() -> None:
+    """Shedding is rare: expose its series at 0 from the start, so that rate() and the alert
+    see the first refusals instead of a series appearing out of nothing."""
+    for protocol in typing.get_args(Protocol):
+        SHED_REQUESTS.labels(protocol)
 
 
 @contextmanager

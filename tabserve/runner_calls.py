@@ -13,6 +13,13 @@ way a database driver pipelines queries:
 Requests are validated before they get here, so one bad request never fails the others; a runner
 error fails exactly the requests of that call. The runner's adaptive batching still merges the
 calls of several API workers into one model call.
+
+Every call has a deadline (`timeout_s`): a runner that stops answering (stopped, overloaded,
+restarting) fails its calls with TimeoutError instead of holding them for BentoML's 60 s. A
+request waits at most for the call in flight and then its own: 2 x timeout_s. Requests whose
+caller is gone by the time their call is made (a cancelled gRPC call, an HTTP client that hung
+up, see `caller_hung_up`) are left out of it: under overload those are many, and the runner's
+time is better spent on callers who still wait.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -28,6 +36,10 @@ import numpy as np
 from tabserve.schemas import Row
 
 RunnerApi = Callable[[list[Row]], Awaitable[Any]]
+# Set per HTTP request by the admission middleware: true once the client has hung up.
+HungUp = Callable[[], bool]
+caller_hung_up: ContextVar[HungUp | None] = ContextVar("caller_hung_up", default=None)
+Waiting = tuple[list[Row], "asyncio.Future[np.ndarray]", HungUp | None]
 
 # Extra attempts after a connection-level failure calling the runner (see `call_with_retries`).
 CONNECTION_RETRIES = 3
@@ -52,18 +64,20 @@ async def call_with_retries(api: RunnerApi, rows: list[Row]) -> np.ndarray:
 class MergedCalls:
     """One model's runner API, with concurrent requests merged into shared calls."""
 
-    def __init__(self, api: RunnerApi, max_rows: int, max_in_flight: int) -> None:
+    def __init__(self, api: RunnerApi, max_rows: int, max_in_flight: int, timeout_s: float) -> None:
         self._api = api
         self._max_rows = max_rows
         self._max_in_flight = max_in_flight
+        self._timeout_s = timeout_s
         self._in_flight = 0
         self._senders: set[asyncio.Task[None]] = set()  # referenced, so never collected mid-call
-        self._waiting: deque[tuple[list[Row], asyncio.Future[np.ndarray]]] = deque()
+        self._waiting: deque[Waiting] = deque()
 
     async def predict(self, rows: list[Row]) -> np.ndarray:
-        """(len(rows), classes) probabilities for these rows."""
+        """(len(rows), classes) probabilities for these rows; TimeoutError when the runner did
+        not answer in time."""
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((rows, future))
+        self._waiting.append((rows, future, caller_hung_up.get()))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
             sender = asyncio.create_task(self._send_waiting())
@@ -74,23 +88,32 @@ class MergedCalls:
     async def _send_waiting(self) -> None:
         try:
             while self._waiting:
-                await self._send(self._take_batch())
+                batch = self._take_batch()
+                if batch:
+                    await self._send(batch)
         finally:
             self._in_flight -= 1
 
     def _take_batch(self) -> list[tuple[list[Row], asyncio.Future[np.ndarray]]]:
-        """The waiting requests, oldest first, up to max_rows rows (always at least one)."""
-        batch = [self._waiting.popleft()]
-        rows = len(batch[0][0])
-        while self._waiting and rows + len(self._waiting[0][0]) <= self._max_rows:
-            rows += len(self._waiting[0][0])
-            batch.append(self._waiting.popleft())
+        """The waiting requests whose callers still wait, oldest first, up to max_rows rows."""
+        batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]] = []
+        rows = 0
+        while self._waiting and (not batch or rows + len(self._waiting[0][0]) <= self._max_rows):
+            waiting, future, hung_up = self._waiting.popleft()
+            if future.done():  # its caller was cancelled (gRPC cancels the handler)
+                continue
+            if hung_up is not None and hung_up():
+                future.cancel()
+                continue
+            rows += len(waiting)
+            batch.append((waiting, future))
         return batch
 
     async def _send(self, batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]]) -> None:
         merged = batch[0][0] if len(batch) == 1 else [row for rows, _ in batch for row in rows]
         try:
-            answer = await call_with_retries(self._api, merged)
+            async with asyncio.timeout(self._timeout_s):
+                answer = await call_with_retries(self._api, merged)
         except Exception as error:  # the runner's error is every caller's error
             for _, future in batch:
                 if not future.done():  # a caller that hung up has cancelled its future

@@ -96,6 +96,35 @@ class Settings(BaseSettings):
         "API-to-runner hop is paid once per batch, not once per request.",
     )
 
+    runner_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="Deadline of one API-to-runner call (and of the readiness check). A runner "
+        "that does not answer in time (stopped, restarting, swamped) fails the call with 503 "
+        "instead of holding it; a request waits at most twice this (the call in flight, then "
+        "its own). Healthy calls take milliseconds; the runner itself refuses requests queued "
+        "longer than batch_max_latency_ms.",
+    )
+
+    # --- admission (per API worker; tabserve/admission.py) ---------------------------------------
+    max_in_flight: int = Field(
+        128,
+        ge=1,
+        description="Requests (HTTP and gRPC together) an API worker handles at once. Most of "
+        "them wait for a merged runner call, so too few caps the throughput (16 served ~420 "
+        "req/s in a flood the worker could serve at ~970); too many lengthens each turn of the "
+        "event loop, and with it the time to refuse the excess.",
+    )
+    max_queued: int = Field(
+        128,
+        ge=0,
+        description="Requests that may wait for an in-flight slot, oldest first; beyond that "
+        "a request is refused at once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED). "
+        "With max_in_flight it bounds the wait: (max_in_flight + max_queued) / throughput, "
+        "~150 ms for single rows at ~1700 req/s; together they absorb a burst of 256 "
+        "concurrent requests per worker. Probes and /metrics are never refused.",
+    )
+
     # --- per-request logging --------------------------------------------------------------------
     access_log: bool = Field(
         False,

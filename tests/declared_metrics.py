@@ -11,6 +11,7 @@ TABSERVE = {
     "tabserve_requests_total": ("counter", {"protocol", "route", "method", "code"}),
     "tabserve_request_duration_seconds": ("histogram", {"protocol", "route", "method", "code"}),
     "tabserve_requests_in_progress": ("gauge", {"protocol"}),
+    "tabserve_shed_requests_total": ("counter", {"protocol"}),
     "tabserve_predictions_total": ("counter", {"model", "version", "class"}),
     "tabserve_prediction_score": ("histogram", {"model"}),
     "tabserve_rejected_inputs_total": ("counter", {"model", "reason"}),

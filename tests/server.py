@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from devtools.local_process import free_port, stop_process_group, wait_until_ready
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -34,6 +36,7 @@ class ServerProcess:
     url: str
     log: Path
     grpc_port: int
+    home: Path  # its BentoML home (the multiprocess metrics live in prometheus_multiproc_dir)
 
     @classmethod
     @contextlib.contextmanager
@@ -74,7 +77,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped as one, workers included
             )
-        server = cls(process, f"http://127.0.0.1:{port}", log, int(env["TABSERVE_GRPC_PORT"]))
+        server = cls(process, f"http://127.0.0.1:{port}", log, int(env["TABSERVE_GRPC_PORT"]), home)
         try:
             if wait_ready:
                 server.wait_ready()
@@ -84,6 +87,18 @@ class ServerProcess:
 
     def wait_ready(self) -> None:
         wait_until_ready(self.process, f"{self.url}/readyz", self.log, READY_TIMEOUT_S, 0.3)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
+
+    def worker(self, service_name: str) -> psutil.Process:
+        """The (first) worker process of a service: `model_runner` or `tabserve` (the API).
+        BentoML's arbiter starts each with `--service-name <name>` and restarts it if it dies."""
+        for child in psutil.Process(self.process.pid).children():
+            if f"--service-name {service_name}" in " ".join(child.cmdline()):
+                return child
+        raise LookupError(f"no {service_name} worker under {self.process.pid}")
 
     def stop(self) -> None:
         stop_process_group(self.process, timeout_s=30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware as BentoTimeoutMiddleware
 
 from tabserve.bentoml_runtime import _RequestDeadlineMiddleware
@@ -82,3 +83,14 @@ def test_other_scopes_pass_through() -> None:
     asyncio.run(_RequestDeadlineMiddleware(app, timeout=0.05)({"type": "lifespan"}, None, None))
 
     assert seen == ["lifespan"]
+
+
+def test_a_timeout_of_the_app_itself_is_not_reported_as_the_deadline() -> None:
+    """A TimeoutError raised by the app (e.g. a call with its own deadline) is its error, not
+    this middleware's 504 "Not able to process the request in 60 seconds"."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise TimeoutError
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(_call(_RequestDeadlineMiddleware(app, timeout=60)))

@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tabserve.runner_calls import CONNECTION_RETRIES, MergedCalls
+from tabserve.runner_calls import CONNECTION_RETRIES, MergedCalls, caller_hung_up
 
 
 class RecordingRunner:
@@ -54,7 +54,7 @@ def _expected(rows: list[list[float]]) -> np.ndarray:
 
 def test_a_lone_request_is_sent_at_once_and_alone() -> None:
     runner = RecordingRunner()
-    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
 
     answer = asyncio.run(calls.predict([[3.0], [4.0]]))
 
@@ -64,7 +64,7 @@ def test_a_lone_request_is_sent_at_once_and_alone() -> None:
 
 def test_requests_waiting_behind_a_call_share_the_next_one() -> None:
     runner = RecordingRunner()
-    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
     requests = _requests(20, rows_each=2)
 
     answers = asyncio.run(_first_then_the_rest(calls, requests))
@@ -77,7 +77,7 @@ def test_requests_waiting_behind_a_call_share_the_next_one() -> None:
 
 def test_merged_calls_stay_within_max_rows() -> None:
     runner = RecordingRunner()
-    calls = MergedCalls(runner, max_rows=10, max_in_flight=1)
+    calls = MergedCalls(runner, max_rows=10, max_in_flight=1, timeout_s=5)
     requests = _requests(12, rows_each=3)
 
     answers = asyncio.run(_first_then_the_rest(calls, requests))
@@ -89,7 +89,7 @@ def test_merged_calls_stay_within_max_rows() -> None:
 
 def test_max_in_flight_calls_run_side_by_side() -> None:
     runner = RecordingRunner(delay_s=0.05)
-    calls = MergedCalls(runner, max_rows=1000, max_in_flight=3)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=3, timeout_s=5)
 
     async def scenario() -> float:
         loop = asyncio.get_running_loop()
@@ -109,7 +109,7 @@ def test_max_in_flight_calls_run_side_by_side() -> None:
 
 def test_a_runner_error_fails_the_callers_of_that_call_only() -> None:
     runner = RecordingRunner(failures=[RuntimeError("runner overloaded")])
-    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
     requests = _requests(5)
 
     answers = asyncio.run(_first_then_the_rest(calls, requests))
@@ -122,7 +122,7 @@ def test_a_runner_error_fails_the_callers_of_that_call_only() -> None:
 
 def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
     runner = RecordingRunner()
-    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
 
     async def scenario() -> list[Any]:
         first = asyncio.ensure_future(calls.predict([[1.0]]))
@@ -143,7 +143,7 @@ def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
 def test_a_broken_pooled_connection_is_retried() -> None:
     broken = [aiohttp.ServerDisconnectedError()] * CONNECTION_RETRIES
     runner = RecordingRunner(failures=broken)
-    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
 
     answer = asyncio.run(calls.predict([[5.0]]))
 
@@ -153,7 +153,36 @@ def test_a_broken_pooled_connection_is_retried() -> None:
 
 def test_connection_errors_beyond_the_retries_reach_the_caller() -> None:
     broken = [aiohttp.ServerDisconnectedError()] * (CONNECTION_RETRIES + 1)
-    calls = MergedCalls(RecordingRunner(failures=broken), max_rows=1000, max_in_flight=1)
+    calls = MergedCalls(
+        RecordingRunner(failures=broken), max_rows=1000, max_in_flight=1, timeout_s=5
+    )
 
     with pytest.raises(aiohttp.ServerDisconnectedError):
         asyncio.run(calls.predict([[5.0]]))
+
+
+def test_a_runner_that_does_not_answer_in_time_fails_the_call_with_timeout() -> None:
+    calls = MergedCalls(RecordingRunner(delay_s=5), max_rows=1000, max_in_flight=1, timeout_s=0.05)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(calls.predict([[1.0]]))
+
+
+def test_rows_of_callers_that_hung_up_are_never_sent() -> None:
+    runner = RecordingRunner(delay_s=0.05)
+    calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
+
+    async def caller(rows: list[list[float]], hung_up: bool) -> Any:
+        caller_hung_up.set(lambda: hung_up)  # as the admission middleware does per request
+        return await calls.predict(rows)
+
+    async def scenario() -> list[Any]:
+        first = asyncio.create_task(caller([[1.0]], hung_up=False))
+        await asyncio.sleep(0)  # in flight; the next three wait for it
+        rest = [caller([[2.0]], hung_up=True), caller([[3.0]], False), caller([[4.0]], True)]
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    answers = asyncio.run(scenario())
+
+    assert runner.calls == [[[1.0]], [[3.0]]]
+    assert [type(answer) for answer in answers[1::2]] == [asyncio.CancelledError] * 2

@@ -98,7 +98,9 @@ def error_route(render: Callable[[ServingError], dict[str, Any]]) -> type[APIRou
                 try:
                     return await handler(request)
                 except ServingError as error:
-                    return JSONResponse(render(error), status_code=error.status)
+                    return JSONResponse(
+                        render(error), status_code=error.status, headers=error.headers
+                    )
 
             return handle
 

@@ -104,7 +104,7 @@ async def server_live() -> dict[str, bool]:
 @router.get("/health/ready", summary="Server readiness")
 async def server_ready(protocol: Protocol) -> dict[str, bool]:
     if not await protocol.server_ready():
-        raise ModelUnavailable("the models are still loading")
+        raise ModelUnavailable("the models are not ready: loading, or the runner is not answering")
     return {"ready": True}
 
 
@@ -126,7 +126,9 @@ async def model_metadata(protocol: Protocol, model_name: str, version: str = "")
 @router.get("/models/{model_name}/versions/{version}/ready", summary="Model readiness (version)")
 async def model_ready(protocol: Protocol, model_name: str, version: str = "") -> dict[str, Any]:
     if not await protocol.model_ready(model_name, version):
-        raise ModelUnavailable(f"model {model_name!r} is still loading")
+        raise ModelUnavailable(
+            f"model {model_name!r} is not ready: loading, or the runner is not answering"
+        )
     return {"name": model_name, "ready": True}
 
 

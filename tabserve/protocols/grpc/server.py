@@ -8,10 +8,13 @@ socket does for HTTP. The price: a second tabserve started on the same host and 
 user shares the port instead of failing, so give each its own `TABSERVE_GRPC_PORT`. A port that
 cannot be bound at all (taken by another program, or privileged) fails the worker's start-up.
 
-The health service answers NOT_SERVING until every model is loaded, then SERVING, and
-NOT_SERVING again once shutdown begins. With a token configured (TABSERVE_API_TOKEN), every
-inference RPC but ServerLive and ServerReady needs `authorization: Bearer <token>` metadata,
-as every /v2 REST route but the health ones does.
+The health service follows readiness (every model loaded in a runner that answers, checked
+every HEALTH_RECHECK_S): NOT_SERVING until then, SERVING, NOT_SERVING again while the runner
+stops answering and once shutdown begins. Inference RPCs share the worker's admission limit
+with HTTP (tabserve/admission.py): the excess is refused at once with RESOURCE_EXHAUSTED.
+
+With a token configured (TABSERVE_API_TOKEN), every inference RPC but ServerLive and ServerReady
+needs `authorization: Bearer <token>` metadata, as every /v2 REST route but the health ones does.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bentoml.exceptions import BentoMLException
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tabserve import metrics
+from tabserve import admission, metrics
 from tabserve.auth import token_is_valid
 from tabserve.protocols.grpc import inference_pb2_grpc
 from tabserve.protocols.grpc.servicer import SERVICE_NAME, InferenceServicer
@@ -41,13 +44,16 @@ logger = logging.getLogger(__name__)
 # Time in-flight calls get to finish once shutdown starts.
 SHUTDOWN_GRACE_S = 5.0
 POLL_S = 0.2
+HEALTH_RECHECK_S = 1.0
 # RPCs a prober or load balancer may call without a token.
 OPEN_METHODS = frozenset({f"/{SERVICE_NAME}/ServerLive", f"/{SERVICE_NAME}/ServerReady"})
 
 
 class _AuthAndMetrics(grpc.aio.ServerInterceptor):
-    """Counts and times every unary call (tabserve_requests_total{protocol="grpc"}) and refuses
-    inference calls without a valid token when one is configured."""
+    """Counts and times every unary call (tabserve_requests_total{protocol="grpc"}), refuses
+    inference calls without a valid token when one is configured, and admits inference calls
+    through the worker's admission limit (shed ones are counted in tabserve_shed_requests_total
+    only). Health, reflection and the liveness/readiness RPCs are never limited."""
 
     async def intercept_service(
         self,
@@ -60,11 +66,22 @@ class _AuthAndMetrics(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         service, _, method = details.method.lstrip("/").partition("/")
-        needs_token = service == SERVICE_NAME and details.method not in OPEN_METHODS
-        authorized = not needs_token or token_is_valid(
+        limited = service == SERVICE_NAME and details.method not in OPEN_METHODS
+        authorized = not limited or token_is_valid(
             dict(details.invocation_metadata or ()).get("authorization")
         )
         call = handler.unary_unary
+
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async with admission.for_this_worker():
+                    return await observed(request, context)
+            except admission.Overloaded:
+                metrics.record_shed("grpc")
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server is overloaded; retry after {admission.RETRY_AFTER_S} s",
+                )
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -83,7 +100,7 @@ class _AuthAndMetrics(grpc.aio.ServerInterceptor):
                 )
 
         return grpc.unary_unary_rpc_method_handler(
-            observed,
+            admitted if limited else observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -137,9 +154,16 @@ class GrpcServer:
             await asyncio.sleep(POLL_S)
         await self._server.start()
         logger.info("gRPC (Open Inference Protocol) listening on %s", self._address)
-        while not await self._protocol.server_ready():
-            await asyncio.sleep(POLL_S)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        serving = False
+        while True:  # until stop() cancels it
+            if await self._protocol.server_ready() != serving:
+                serving = not serving
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            await asyncio.sleep(HEALTH_RECHECK_S)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in ("", SERVICE_NAME):  # "": the whole server, as probes ask
