@@ -35,6 +35,12 @@ fi
 stop containerd
 # Shims whose containerd is gone (their socket lives under our state directory).
 pkill -9 -f "containerd-shim-runc-v2 .*-address $run/containerd.sock" 2>/dev/null
+# The shims' sockets and runc's state live under /run/containerd whatever containerd's root:
+# remove them when no other containerd is left on the machine.
+if ! pgrep -x containerd >/dev/null; then
+  rm -rf /run/containerd/s /run/containerd/runc
+  rmdir /run/containerd 2>/dev/null
+fi
 
 # Network namespaces of our pods (the CNI plugin named them cni-*; IPAM recorded each IP).
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns"; done

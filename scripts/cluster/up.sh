@@ -157,8 +157,11 @@ if ! ctr_k8s images ls -q | grep -q 'tabserve-local/pause:1.0'; then
   ctr_k8s images import "$run/pause.tar" >/dev/null && rm -f "$run/pause.tar"
 fi
 
+# --containerd: the kubelet's embedded cAdvisor asks containerd for container names (the
+# `container` label of container_* metrics) at its own default socket unless told ours.
 start kubelet kubelet --config="$etc/kubelet.yaml" --kubeconfig="$pki/kubelet.kubeconfig" \
-  --root-dir="$data/kubelet" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
+  --root-dir="$data/kubelet" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
+  --containerd="$run/containerd.sock" --v=1
 start kube-proxy kube-proxy --kubeconfig="$pki/kube-proxy.kubeconfig" --cluster-cidr="$CLUSTER_CIDR" \
   --proxy-mode=iptables --hostname-override="$NODE_NAME" --conntrack-max-per-core=0 \
   --iptables-localhost-nodeports=false --bind-address=127.0.0.1 \
