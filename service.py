@@ -23,6 +23,7 @@ from tabserve.admission import AdmissionMiddleware
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
+from tabserve.draining import DrainingMiddleware
 from tabserve.http_metrics import endpoint_labeller
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
@@ -153,3 +154,5 @@ class ModelAPI:
 ModelAPI.add_asgi_middleware(AdmissionMiddleware)
 # On the service, not only our FastAPI app, so BentoML's own routes carry the headers too.
 ModelAPI.add_asgi_middleware(SecurityHeadersMiddleware)
+# Once the pod is terminating, clients are told to reconnect (to live pods).
+ModelAPI.add_asgi_middleware(DrainingMiddleware)

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     )
 
     # --- shutdown -------------------------------------------------------------------------------
+    drain_file: str = Field(
+        "/tmp/tabserve-draining",
+        description="While this file exists every HTTP response says `Connection: close`, so "
+        "keep-alive clients reconnect to other pods; the chart's preStop hook creates it "
+        "(tabserve/draining.py).",
+    )
     shutdown_drain_s: float = Field(
         5.0,
         ge=0,

@@ -40,7 +40,7 @@ from tests.chart.manifests import (
     serving_container,
 )
 
-# Oldest (the preStop `sleep` action is on by default from 1.30) and newest supported.
+# Oldest and newest supported.
 SUPPORTED_KUBERNETES = ("1.30.0", "1.37.0")
 HTTP_PORT = 3000  # BentoML's port, fixed for everyone (briefs/interfaces.md)
 
@@ -373,8 +373,10 @@ def test_pods_are_locked_down(value_set: tuple) -> None:
 def test_rollouts_drop_no_requests(default_objects: list[Manifest]) -> None:
     deployment = only(default_objects, "Deployment")["spec"]
     pod = deployment["template"]["spec"]
-    pause = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    pause = int(re.fullmatch(r'touch "\$TABSERVE_DRAIN_FILE" && sleep (\d+)', hook[-1]).group(1))
     assert 0 < pause < pod["terminationGracePeriodSeconds"]
+    assert service_config(default_objects)["TABSERVE_DRAIN_FILE"].startswith("/tmp/")
     assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert only(default_objects, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
 
