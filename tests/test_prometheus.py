@@ -9,64 +9,33 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from observability.local_prometheus import Prometheus
 from tabserve.catalog import MODELS
+from tests.dashboard_queries import (
+    DASHBOARDS,
+    METRIC_NAME,
+    needs_kubernetes,
+    panels,
+    queries,
+    substituted,
+)
 from tests.data import instances
-from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
+from tests.declared_metrics import KNOWN_SERIES
 from tests.server import ServerProcess
 from tests.test_alerts import alerts
 
-DASHBOARDS = sorted((Path(__file__).parent.parent / "observability" / "dashboards").glob("*.json"))
-# What Grafana puts in place of the variables: "All" is the regex .*; rate windows span several
-# of the test's 1 s scrapes.
-VARIABLES = {
-    "$__rate_interval": "1m",
-    "$namespace": ".*",
-    "$model": ".*",
-    "$deployment": "tabserve",
-}
-METRIC_NAME = re.compile(r"\b((?:tabserve|bentoml|kube|container)_[a-zA-Z0-9_]+)")
 # Bounded both ways: at most this many requests, for at most this long; long enough to span
 # several scrapes, since rate() only sees what grows between two of them.
 LOAD_REQUESTS = 2000
 LOAD_SECONDS = 10
-
-
-def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard["panels"]:
-        yield from panel.get("panels", [])
-        if panel["type"] != "row":
-            yield panel
-
-
-def queries() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr) for every target of every panel."""
-    found = []
-    for path in DASHBOARDS:
-        for panel in panels(json.loads(path.read_text())):
-            found += [(path.name, panel["title"], target["expr"]) for target in panel["targets"]]
-    return found
-
-
-def substituted(expr: str) -> str:
-    for variable, value in VARIABLES.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unknown variable in {expr}"
-    return expr
-
-
-def needs_kubernetes(expr: str) -> bool:
-    return any(name in KUBERNETES for name in METRIC_NAME.findall(expr))
 
 
 def test_there_are_dashboards_and_every_panel_has_unit_description_and_queries() -> None:
