@@ -8,7 +8,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$repo_root"
 export KUBECONFIG="$STATE/kubeconfig"
 [[ -f $KUBECONFIG ]] || { echo "no local cluster: run make cluster first" >&2; exit 1; }
-export PATH="$CACHE/bin/kubernetes-$KUBERNETES_VERSION:$CACHE/bin/helm-$HELM_VERSION:$PATH"
+export PATH="$(components_path):$PATH"
 
 image=$(bash "$here/import-image.sh")
 log "installing $image as release tabserve in namespace tabserve"

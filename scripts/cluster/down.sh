@@ -6,7 +6,7 @@ set -uo pipefail
 . "$(dirname "$0")/common.sh"
 run="$STATE/run"
 [[ -d $run ]] || { log "no cluster state in $STATE"; exit 0; }
-export PATH="$CACHE/bin/kubernetes-$KUBERNETES_VERSION:$PATH"
+export PATH="$(components_path):$PATH"
 
 stop() { # NAME: TERM, then KILL after 10 s
   local pidfile="$run/$1.pid" pid
@@ -46,7 +46,7 @@ fi
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns"; done
 rm -rf "$STATE/data/cni-ipam"
 # kube-proxy's and the kubelet's iptables rules, then ours.
-"$CACHE/bin/kubernetes-$KUBERNETES_VERSION/kube-proxy" --cleanup >/dev/null 2>&1
+kube-proxy --cleanup >/dev/null 2>&1
 for table in filter nat mangle; do
   for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}'); do
     iptables -t "$table" -S 2>/dev/null | awk -v c="$chain" '$0 ~ "-j "c"( |$)" && $1 == "-A" {sub("^-A", "-D"); print}' \

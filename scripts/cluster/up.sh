@@ -14,8 +14,7 @@ t_start=$SECONDS
 bash "$repo_root/scripts/install-system-packages.sh" "$here/system-packages.txt"
 bash "$here/pki.sh"
 
-k8s_bin="$CACHE/bin/kubernetes-$KUBERNETES_VERSION"
-export PATH="$k8s_bin:$CACHE/bin/prometheus-$PROMETHEUS_VERSION:$CACHE/bin/etcd-$ETCD_VERSION:$CACHE/bin/coredns-$COREDNS_VERSION:$CACHE/bin/metrics-server-$METRICS_SERVER_VERSION:$CACHE/bin/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION:$CACHE/bin/kube-state-metrics-$KUBE_STATE_METRICS_VERSION:$CACHE/bin/helm-$HELM_VERSION:$PATH"
+export PATH="$(components_path):$PATH"
 # apiserver, kubelet, metrics-server, prometheus-adapter
 CLUSTER_PORTS=6443,10250,4443,6444
 for binary in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl \
