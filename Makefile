@@ -9,6 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
+METRICS_PORT ?= 8002
 
 # No usage analytics from anything this project starts.
 export BENTOML_DO_NOT_TRACK := true
@@ -36,7 +37,8 @@ train: install ## train and save every model (again)
 
 serve: install ## train missing models, then serve on http://$(HOST):$(PORT)
 	$(BIN)/python train.py --if-missing
-	TABSERVE_GRPC_HOST=$(HOST) $(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
+	TABSERVE_GRPC_HOST=$(HOST) TABSERVE_METRICS_HOST=$(HOST) TABSERVE_METRICS_PORT=$(METRICS_PORT) \
+	  $(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
 
 test: install system-deps ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
@@ -76,10 +78,11 @@ PROMETHEUS_PORT ?= 9090
 
 observe: install system-deps ## serve with a local Prometheus scraping it (http://127.0.0.1:$(PROMETHEUS_PORT))
 	$(BIN)/python train.py --if-missing
-	@$(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT) & server=$$!; \
+	@TABSERVE_GRPC_HOST=$(HOST) TABSERVE_METRICS_HOST=$(HOST) TABSERVE_METRICS_PORT=$(METRICS_PORT) \
+	  $(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT) & server=$$!; \
 	trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
-	echo "tabserve: http://$(HOST):$(PORT)   metrics: http://$(HOST):$(PORT)/metrics"; \
-	$(BIN)/python -m observability.local_prometheus --target $(HOST):$(PORT) --port $(PROMETHEUS_PORT)
+	echo "tabserve: http://$(HOST):$(PORT)   metrics: http://$(HOST):$(METRICS_PORT)/metrics"; \
+	$(BIN)/python -m observability.local_prometheus --target $(HOST):$(METRICS_PORT) --port $(PROMETHEUS_PORT)
 
 # --- Helm chart and plain manifests (helm/tabserve, k8s/) ----------------------------------------
 .PHONY: k8s checkov chart-test

@@ -25,6 +25,7 @@ from tabserve.catalog import MODELS
 from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.draining import DrainingMiddleware
 from tabserve.http_metrics import endpoint_labeller
+from tabserve.metrics_server import MetricsMovedMiddleware, MetricsServer
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
 from tabserve.security_headers import SecurityHeadersMiddleware
@@ -128,7 +129,20 @@ class ModelAPI:
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.dataplane = DataPlane(self.runner.to_async)
         self.grpc_server: GrpcServer | None = None
+        self.metrics_server: MetricsServer | None = None
         bentoml_runtime.freeze_startup_objects()
+
+    @bentoml.on_startup
+    async def start_metrics(self) -> None:
+        """/metrics on its own port, in this worker (tabserve/metrics_server.py)."""
+        if settings.metrics_port:
+            self.metrics_server = MetricsServer(settings.metrics_host, settings.metrics_port)
+            await self.metrics_server.start()
+
+    @bentoml.on_shutdown
+    async def stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -154,5 +168,7 @@ class ModelAPI:
 ModelAPI.add_asgi_middleware(AdmissionMiddleware)
 # On the service, not only our FastAPI app, so BentoML's own routes carry the headers too.
 ModelAPI.add_asgi_middleware(SecurityHeadersMiddleware)
+if settings.metrics_port:  # inside the headers' middleware: its 404 carries them too
+    ModelAPI.add_asgi_middleware(MetricsMovedMiddleware, metrics_port=settings.metrics_port)
 # Once the pod is terminating, clients are told to reconnect (to live pods).
 ModelAPI.add_asgi_middleware(DrainingMiddleware)

@@ -151,6 +151,18 @@ class Settings(BaseSettings):
         "by `bentoml serve --host`).",
     )
 
+    # --- metrics (tabserve/metrics_server.py) ----------------------------------------------------
+    metrics_port: int = Field(
+        8002,
+        ge=0,
+        le=65535,
+        description="Port serving /metrics (Prometheus), away from the prediction routes, so a "
+        "NetworkPolicy can open it to the monitoring namespace alone; the HTTP port's /metrics "
+        "then answers 404. Every API worker binds it with SO_REUSEPORT. 0 = /metrics on the HTTP "
+        "port, as BentoML serves it.",
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server listens on.")
+
     # --- access ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
         None,

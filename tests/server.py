@@ -36,6 +36,7 @@ class ServerProcess:
     url: str
     log: Path
     grpc_port: int
+    metrics_port: int
     home: Path  # its BentoML home (the multiprocess metrics live in prometheus_multiproc_dir)
 
     @classmethod
@@ -52,12 +53,15 @@ class ServerProcess:
         home.mkdir()
         store = Path(os.environ["BENTOML_HOME"]) / "models"
         (home / "models").symlink_to(store, target_is_directory=True)
-        # Each server gets its own gRPC port on loopback: servers started by different tests
-        # (or a developer's `make serve`) must not silently share 8001 through SO_REUSEPORT.
+        # Each server gets its own gRPC and metrics ports on loopback: servers started by
+        # different tests (or a developer's `make serve`) must not silently share 8001 or 8002
+        # through SO_REUSEPORT.
         env = {
             "BENTOML_HOME": str(home),
             "TABSERVE_GRPC_HOST": "127.0.0.1",
             "TABSERVE_GRPC_PORT": str(free_port()),
+            "TABSERVE_METRICS_HOST": "127.0.0.1",
+            "TABSERVE_METRICS_PORT": str(free_port()),
             **(env or {}),
         }
         with log.open("wb") as sink:
@@ -77,7 +81,14 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped as one, workers included
             )
-        server = cls(process, f"http://127.0.0.1:{port}", log, int(env["TABSERVE_GRPC_PORT"]), home)
+        server = cls(
+            process,
+            f"http://127.0.0.1:{port}",
+            log,
+            int(env["TABSERVE_GRPC_PORT"]),
+            int(env["TABSERVE_METRICS_PORT"]),
+            home,
+        )
         try:
             if wait_ready:
                 server.wait_ready()
@@ -87,6 +98,14 @@ class ServerProcess:
 
     def wait_ready(self) -> None:
         wait_until_ready(self.process, f"{self.url}/readyz", self.log, READY_TIMEOUT_S, 0.3)
+
+    @property
+    def metrics_url(self) -> str:
+        """Where Prometheus scrapes: /metrics on the metrics port, or on the HTTP port when the
+        test turned the metrics port off (TABSERVE_METRICS_PORT=0)."""
+        if self.metrics_port:
+            return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"{self.url}/metrics"
 
     @property
     def port(self) -> int:

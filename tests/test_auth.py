@@ -27,12 +27,17 @@ BODY = {"instances": [MODELS["iris"].example_instance()]}
 
 
 @pytest.fixture(scope="module")
-def client(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def server(
+    trained_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("auth") / "bentoml-serve.log"
-    with (
-        ServerProcess.start(log, env={"TABSERVE_API_TOKEN": TOKEN}) as server,
-        httpx.Client(base_url=server.url, timeout=30) as session,
-    ):
+    with ServerProcess.start(log, env={"TABSERVE_API_TOKEN": TOKEN}) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as session:
         yield session
 
 
@@ -109,11 +114,11 @@ def test_a_bad_request_with_the_token_still_gets_its_own_error(client: httpx.Cli
     assert response.status_code == 422
 
 
-OPEN = ["/livez", "/readyz", "/metrics", "/v1/docs", "/v1/docs/assets/swagger-ui.css"]
+OPEN = ["/livez", "/readyz", "/v1/docs", "/v1/docs/assets/swagger-ui.css"]
 
 
 @pytest.mark.parametrize("path", [*OPEN, "/v1/openapi.json"])
-def test_probes_metrics_and_docs_are_open(client: httpx.Client, path: str) -> None:
+def test_probes_and_docs_are_open(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 200
 
 
@@ -122,10 +127,13 @@ def test_root_redirect_is_open_and_opens_nothing_else(client: httpx.Client) -> N
     assert client.get("/v1/models").status_code == 401
 
 
-def test_metrics_show_the_refused_requests(client: httpx.Client) -> None:
+def test_metrics_need_no_token_and_show_the_refused_requests(
+    client: httpx.Client, server: ServerProcess
+) -> None:
     client.post(PREDICT, json=BODY)
-    metrics = client.get("/metrics").text
-    assert 'http_response_code="401"' in metrics
+    metrics = httpx.get(server.metrics_url, timeout=30)
+    assert metrics.status_code == 200
+    assert 'http_response_code="401"' in metrics.text
 
 
 @pytest.mark.parametrize("token", ["", "short", "x" * 15])

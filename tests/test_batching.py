@@ -41,7 +41,7 @@ async def _fire(url: str, rows: list[dict]) -> list[httpx.Response]:
 
 def test_concurrent_single_rows_are_batched_and_all_correct(server) -> None:
     rows = instances("churn", CONCURRENT_REQUESTS, seed=7)
-    before = _rows_per_model_call(httpx.get(f"{server.url}/metrics").text, "churn")
+    before = _rows_per_model_call(httpx.get(server.metrics_url).text, "churn")
 
     responses = asyncio.run(_fire(server.url, rows))
 
@@ -51,7 +51,7 @@ def test_concurrent_single_rows_are_batched_and_all_correct(server) -> None:
     served = np.array([r.json()["predictions"][0]["probabilities"]["churned"] for r in responses])
     np.testing.assert_allclose(served, expected[:, 0], rtol=0, atol=1e-12)
 
-    after = _rows_per_model_call(httpx.get(f"{server.url}/metrics").text, "churn")
+    after = _rows_per_model_call(httpx.get(server.metrics_url).text, "churn")
     rows_batched, model_calls = after[0] - before[0], after[1] - before[1]
     assert rows_batched == CONCURRENT_REQUESTS
     # Fewer model calls than requests: concurrent requests were merged into batches.

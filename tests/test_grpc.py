@@ -255,7 +255,7 @@ def test_inference_needs_the_token(served: Served) -> None:
 def test_grpc_calls_are_counted_in_prometheus_metrics(served: Served) -> None:
     with pytest.raises(InferenceServerException):
         served.client.infer("iris", infer_inputs(tc, "iris", instances("iris", 1), True))
-    exposition = httpx.get(f"{served.http.url}/metrics", timeout=10).text
+    exposition = httpx.get(served.http.metrics_url, timeout=10).text
     counted = [
         line
         for line in exposition.splitlines()

@@ -23,8 +23,8 @@ from tests.server import ServerProcess
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(client: httpx.Client) -> Samples:
-    response = client.get("/metrics")
+def scrape(server: ServerProcess) -> Samples:
+    response = httpx.get(server.metrics_url, timeout=30)
     assert response.status_code == 200
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -46,11 +46,16 @@ def label_values(samples: Samples, name: str, label: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def client(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    with (
-        ServerProcess.start(tmp_path_factory.mktemp("metrics") / "serve.log") as server,
-        httpx.Client(base_url=server.url, timeout=30) as session,
-    ):
+def server(
+    trained_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    with ServerProcess.start(tmp_path_factory.mktemp("metrics") / "serve.log") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as session:
         yield session
 
 
@@ -60,20 +65,24 @@ def predict(client: httpx.Client, model: str, rows: list[dict]) -> list[str]:
     return [prediction["label"] for prediction in response.json()["predictions"]]
 
 
-def test_in_flight_gauge_exists_before_the_first_request(client: httpx.Client) -> None:
+def test_in_flight_gauge_exists_before_the_first_request(
+    client: httpx.Client, server: ServerProcess
+) -> None:
     """The HPA's metric: missing on a pod that served nothing yet, an HPA never scales down.
     (First in this module: its server has served no prediction yet.)"""
-    samples = scrape(client)
+    samples = scrape(server)
     assert label_values(samples, "tabserve_requests_in_progress", "protocol") == {"rest", "grpc"}
     assert total(samples, "tabserve_requests_in_progress") == 0
 
 
-def test_every_declared_metric_is_exposed_with_its_labels(client: httpx.Client) -> None:
+def test_every_declared_metric_is_exposed_with_its_labels(
+    client: httpx.Client, server: ServerProcess
+) -> None:
     for name in MODELS:
         predict(client, name, instances(name, 2))
     client.post("/v1/models/iris:predict", json={"instances": [{}]})
 
-    response = client.get("/metrics")
+    response = httpx.get(server.metrics_url, timeout=30)
     families = {
         (f"{family.name}_total" if family.type == "counter" else family.name): family
         for family in text_string_to_metric_families(response.text)
@@ -88,11 +97,13 @@ def test_every_declared_metric_is_exposed_with_its_labels(client: httpx.Client) 
     assert ours == set(TABSERVE), "an undeclared tabserve_ metric: declare and document it"
 
 
-def test_predictions_scores_and_runner_rows_count_every_instance(client: httpx.Client) -> None:
-    before = scrape(client)
+def test_predictions_scores_and_runner_rows_count_every_instance(
+    client: httpx.Client, server: ServerProcess
+) -> None:
+    before = scrape(server)
     answers = {"churn": predict(client, "churn", instances("churn", 7))}
     answers["drug"] = predict(client, "drug", instances("drug", 9))
-    after = scrape(client)
+    after = scrape(server)
 
     for model, labels in answers.items():
         for class_name, count in Counter(labels).items():
@@ -112,10 +123,12 @@ def test_predictions_scores_and_runner_rows_count_every_instance(client: httpx.C
     assert label_values(after, "tabserve_predictions_total", "version") >= {tag.split(":")[1]}
 
 
-def test_churn_scores_are_the_positive_class_probability(client: httpx.Client) -> None:
-    before = scrape(client)
+def test_churn_scores_are_the_positive_class_probability(
+    client: httpx.Client, server: ServerProcess
+) -> None:
+    before = scrape(server)
     response = client.post("/v1/models/churn:predict", json={"instances": instances("churn", 5)})
-    after = scrape(client)
+    after = scrape(server)
     expected = sum(p["probabilities"]["churned"] for p in response.json()["predictions"])
     grown = total(after, "tabserve_prediction_score_sum", model="churn")
     grown -= total(before, "tabserve_prediction_score_sum", model="churn")
@@ -133,13 +146,13 @@ def test_churn_scores_are_the_positive_class_probability(client: httpx.Client) -
     ],
 )
 def test_each_rejected_request_is_counted_once_by_reason(
-    client: httpx.Client, body: bytes, reason: str
+    client: httpx.Client, body: bytes, reason: str, server: ServerProcess
 ) -> None:
-    before = scrape(client)
+    before = scrape(server)
     headers = {"content-type": "application/json"}
     response = client.post("/v1/models/iris:predict", content=body, headers=headers)
     assert response.status_code in (400, 422)
-    after = scrape(client)
+    after = scrape(server)
     rejected = "tabserve_rejected_inputs_total"
     assert (
         total(after, rejected, model="iris", reason=reason)
@@ -150,13 +163,13 @@ def test_each_rejected_request_is_counted_once_by_reason(
 
 
 def test_rest_requests_are_labelled_by_route_template_and_bounded_method(
-    client: httpx.Client,
+    client: httpx.Client, server: ServerProcess
 ) -> None:
-    before = scrape(client)
+    before = scrape(server)
     assert client.get(f"/v1/models/no-such-{uuid.uuid4().hex}").status_code == 404
     # A real method outside the bounded set (httptools refuses made-up ones with 400 itself).
     assert client.request("TRACE", "/v1/models").status_code == 405
-    after = scrape(client)
+    after = scrape(server)
     name = "tabserve_requests_total"
     labels = {
         "protocol": "rest",
@@ -172,7 +185,9 @@ def test_rest_requests_are_labelled_by_route_template_and_bounded_method(
     assert "TRACE" not in label_values(after, name, "method")
 
 
-def test_unknown_paths_and_model_names_add_no_series(client: httpx.Client) -> None:
+def test_unknown_paths_and_model_names_add_no_series(
+    client: httpx.Client, server: ServerProcess
+) -> None:
     def probe(count: int) -> list[str]:
         paths = [f"/scan-{uuid.uuid4().hex}/{n}" for n in range(count)]
         paths += [f"/v1/models/m{uuid.uuid4().hex}:predict" for _ in range(count)]
@@ -181,11 +196,11 @@ def test_unknown_paths_and_model_names_add_no_series(client: httpx.Client) -> No
         return paths
 
     probe(3)  # creates the <unmatched> and template series once
-    settled = scrape(client)
+    settled = scrape(server)
     paths = probe(40)
-    after = scrape(client)
+    after = scrape(server)
     assert set(after) - set(settled) == set(), "a request path or model name became a label"
-    text = client.get("/metrics").text
+    text = httpx.get(server.metrics_url, timeout=30).text
     assert not [path for path in paths if path in text]
     endpoint = "bentoml_service_request_total"
     assert (
@@ -196,8 +211,8 @@ def test_unknown_paths_and_model_names_add_no_series(client: httpx.Client) -> No
     assert label_values(after, "tabserve_rejected_inputs_total", "model") <= set(MODELS)
 
 
-def test_model_info_loaded_and_training_scores(client: httpx.Client) -> None:
-    samples = scrape(client)
+def test_model_info_loaded_and_training_scores(client: httpx.Client, server: ServerProcess) -> None:
+    samples = scrape(server)
     for listed in client.get("/v1/models").json()["models"]:
         model, version = listed["name"], listed["tag"].split(":")[1]
         assert total(samples, "tabserve_model_loaded", model=model) == 1
@@ -213,6 +228,34 @@ def test_model_info_loaded_and_training_scores(client: httpx.Client) -> None:
         assert accuracy == listed["metrics"]["accuracy"]
 
 
+def test_metrics_have_a_port_of_their_own(client: httpx.Client, server: ServerProcess) -> None:
+    """Only /metrics on the metrics port, and no /metrics on the prediction port: a
+    NetworkPolicy can then open the one to Prometheus and the other to clients."""
+    moved = client.get("/metrics")
+    assert moved.status_code == 404
+    assert str(server.metrics_port) in moved.json()["error"]
+    metrics_root = server.metrics_url.removesuffix("/metrics")
+    assert httpx.get(f"{metrics_root}/v1/models", timeout=10).status_code == 404
+    body = {"instances": instances("iris", 1)}
+    predict_there = httpx.post(f"{metrics_root}/v1/models/iris:predict", json=body, timeout=10)
+    assert predict_there.status_code in (404, 405)
+    scraped = httpx.get(server.metrics_url, timeout=10)
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert scraped.headers["x-content-type-options"] == "nosniff"
+
+
+def test_metrics_port_zero_serves_them_on_the_http_port(
+    trained_store: Path, tmp_path: Path
+) -> None:
+    env = {"TABSERVE_METRICS_PORT": "0"}
+    with ServerProcess.start(tmp_path / "serve.log", env) as shared:
+        assert shared.metrics_url == f"{shared.url}/metrics"
+        predict_route = {"route": "/v1/models/iris:predict", "code": "200"}
+        with httpx.Client(base_url=shared.url, timeout=30) as session:
+            predict(session, "iris", instances("iris", 1))
+        assert total(scrape(shared), "tabserve_requests_total", **predict_route) == 1
+
+
 def test_several_workers_of_both_services_are_merged_into_one_scrape(
     trained_store: Path, tmp_path: Path
 ) -> None:
@@ -221,15 +264,15 @@ def test_several_workers_of_both_services_are_merged_into_one_scrape(
     env = {"TABSERVE_API_WORKERS": "2", "TABSERVE_RUNNER_WORKERS": "2"}
     requests = 60
     with (
-        ServerProcess.start(tmp_path / "serve.log", env) as server,
-        httpx.Client(base_url=server.url, timeout=30) as session,
+        ServerProcess.start(tmp_path / "serve.log", env) as workers,
+        httpx.Client(base_url=workers.url, timeout=30) as session,
     ):
         rows = instances("spam", requests)
         with ThreadPoolExecutor(max_workers=8) as pool:
             labels = list(pool.map(lambda row: predict(session, "spam", [row]), rows))
         assert len(labels) == requests
         for _ in range(4):
-            samples = scrape(session)
+            samples = scrape(workers)
             assert total(samples, "tabserve_predictions_total", model="spam") == requests
             assert total(samples, "tabserve_inference_rows_sum", model="spam") == requests
             predict_route = {"route": "/v1/models/spam:predict", "code": "200"}

@@ -35,8 +35,8 @@ PREDICT_BODY = {"instances": [MODELS["churn"].example_instance()]}
 PREDICT = request_bytes("POST", "/v1/models/churn:predict", PREDICT_BODY)
 
 
-def metric_total(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+def metric_total(server: ServerProcess, name: str, **labels: str) -> float:
+    text = httpx.get(server.metrics_url, timeout=30).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -87,13 +87,13 @@ async def _get_junk_paths(port: int, count: int) -> dict[int, int]:
 def test_unknown_paths_add_nothing_to_the_metrics_files_or_the_scrape(server) -> None:
     httpx.get(f"{server.url}/no/such/path")  # the <unmatched> 404 series exist from here on
     files_before = multiprocess_bytes(server)
-    scrape_before = len(httpx.get(f"{server.url}/metrics").content)
+    scrape_before = len(httpx.get(server.metrics_url).content)
 
     started = time.monotonic()
     statuses = asyncio.run(_get_junk_paths(server.port, JUNK_PATHS))
     sending_s = time.monotonic() - started
     scrape_started = time.monotonic()
-    scrape_after = len(httpx.get(f"{server.url}/metrics", timeout=60).content)
+    scrape_after = len(httpx.get(server.metrics_url, timeout=60).content)
     scrape_s = time.monotonic() - scrape_started
     files_after = multiprocess_bytes(server)
 
@@ -126,7 +126,7 @@ SHED_P99_S = 1.0
 RSS_GROWTH_BYTES = 50 * 2**20
 
 
-async def _flood(port: int, url: str) -> tuple[dict[int, list[float]], list[float]]:
+async def _flood(server: ServerProcess) -> tuple[dict[int, list[float]], list[float]]:
     """FLOOD_CONNECTIONS connections sending single-row predictions back to back for FLOOD_S;
     meanwhile /livez, /readyz and /metrics are asked every 0.5 s. Returns latencies by status
     and the probes' latencies."""
@@ -135,7 +135,7 @@ async def _flood(port: int, url: str) -> tuple[dict[int, list[float]], list[floa
     stop_at = time.monotonic() + FLOOD_S
 
     async def client(number: int) -> None:
-        connection = await Connection.open(port)
+        connection = await Connection.open(server.port)
         await asyncio.sleep(FLOOD_INTERVAL_S * number / FLOOD_CONNECTIONS)  # spread the starts
         while time.monotonic() < stop_at:
             started = time.perf_counter()
@@ -146,11 +146,12 @@ async def _flood(port: int, url: str) -> tuple[dict[int, list[float]], list[floa
         await connection.close()
 
     async def probes() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as probe:
+        urls = (f"{server.url}/livez", f"{server.url}/readyz", server.metrics_url)
+        async with httpx.AsyncClient(timeout=10) as probe:
             while time.monotonic() < stop_at:
-                for path in ("/livez", "/readyz", "/metrics"):
+                for probed in urls:
                     started = time.perf_counter()
-                    assert (await probe.get(path)).status_code == 200, path
+                    assert (await probe.get(probed)).status_code == 200, probed
                     probe_latencies.append(time.perf_counter() - started)
                 await asyncio.sleep(0.5)
 
@@ -166,13 +167,13 @@ def test_a_flood_is_shed_at_once_and_accepted_requests_stay_bounded(
     with ServerProcess.start(tmp_path / "serve.log") as server:
         api = server.worker("tabserve")
         rss_before = api.memory_info().rss
-        latencies, probes = asyncio.run(_flood(server.port, server.url))
+        latencies, probes = asyncio.run(_flood(server))
         rss_after = api.memory_info().rss
         after = [
             httpx.post(f"{server.url}/v1/models/churn:predict", json=PREDICT_BODY)
             for _ in range(20)
         ]
-        shed_counted = metric_total(server.url, "tabserve_shed_requests_total", protocol="rest")
+        shed_counted = metric_total(server, "tabserve_shed_requests_total", protocol="rest")
 
     accepted, shed = latencies.get(200, []), latencies.get(503, [])
     print(
@@ -220,7 +221,7 @@ async def _answered_soon(connection: Connection) -> bool:
 
 async def _hold_slots_then_hang_up(server: ServerProcess) -> dict[str, object]:
     runner = server.worker("model_runner")
-    rows_before = metric_total(server.url, "tabserve_inference_rows_sum", model="churn")
+    rows_before = metric_total(server, "tabserve_inference_rows_sum", model="churn")
     connections = [await Connection.open(server.port) for _ in range(9)]
     os.kill(runner.pid, signal.SIGSTOP)
     try:
@@ -232,8 +233,11 @@ async def _hold_slots_then_hang_up(server: ServerProcess) -> dict[str, object]:
         held = [not await _answered_soon(c) for c in connections[:8]]
         shed = await connections[8].call(PREDICT)
         grpc_code = await _grpc_infer_code(server.grpc_port)
-        async with httpx.AsyncClient(base_url=server.url, timeout=5) as probe:
-            probes = {path: (await probe.get(path)).status_code for path in ("/livez", "/metrics")}
+        async with httpx.AsyncClient(timeout=5) as probe:
+            probes = {
+                "livez": (await probe.get(f"{server.url}/livez")).status_code,
+                "metrics": (await probe.get(server.metrics_url)).status_code,
+            }
         # Callers 2, 3 (waiting for the runner call) and 5-8 (waiting for a slot) give up.
         for connection in [*connections[1:3], *connections[4:8]]:
             await connection.close()
@@ -242,7 +246,7 @@ async def _hold_slots_then_hang_up(server: ServerProcess) -> dict[str, object]:
         os.kill(runner.pid, signal.SIGCONT)
     stayed = [(await connections[i].answer()).status for i in (0, 3)]
     await asyncio.sleep(2)  # what the hung-up requests would do, they have done by now
-    rows_after = metric_total(server.url, "tabserve_inference_rows_sum", model="churn")
+    rows_after = metric_total(server, "tabserve_inference_rows_sum", model="churn")
     return {
         "held": held,
         "shed": shed,
@@ -269,7 +273,7 @@ async def _grpc_infer_code(port: int) -> grpc.StatusCode:
 
 
 def test_over_the_limits_http_and_grpc_are_refused_at_once_probes_never(limited) -> None:
-    shed_before = metric_total(limited.url, "tabserve_shed_requests_total")
+    shed_before = metric_total(limited, "tabserve_shed_requests_total")
     result = asyncio.run(_hold_slots_then_hang_up(limited))
     print(f"\n{result}")
 
@@ -279,8 +283,8 @@ def test_over_the_limits_http_and_grpc_are_refused_at_once_probes_never(limited)
     assert shed.headers["retry-after"] == "1"
     assert b"overloaded" in shed.body
     assert result["grpc_code"] == "StatusCode.RESOURCE_EXHAUSTED"
-    assert result["probes"] == {"/livez": 200, "/metrics": 200}
-    assert metric_total(limited.url, "tabserve_shed_requests_total") - shed_before == 2
+    assert result["probes"] == {"livez": 200, "metrics": 200}
+    assert metric_total(limited, "tabserve_shed_requests_total") - shed_before == 2
     assert result["stayed"] == [200, 200]
     # Only the two callers that waited were sent to the runner; the six that hung up were not.
     assert result["rows_sent"] == 2

@@ -98,7 +98,7 @@ def prometheus(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("prometheus")
     with (
         ServerProcess.start(workdir / "serve.log") as server,
-        Prometheus.start([server.url.removeprefix("http://")], workdir, 1.0) as running,
+        Prometheus.start([server.metrics_url.split("/")[2]], workdir, 1.0) as running,
     ):
         _wait_for_first_scrape(running)
         outcomes = _load(server)

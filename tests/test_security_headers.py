@@ -34,7 +34,7 @@ def client(server) -> Iterator[httpx.Client]:
         # BentoML's own routes, outside our FastAPI app.
         ("GET", "/livez", 200),
         ("GET", "/readyz", 200),
-        ("GET", "/metrics", 200),
+        ("GET", "/metrics", 404),  # served on the metrics port (tabserve/metrics_server.py)
         ("GET", "/schema.json", 200),
     ],
 )
