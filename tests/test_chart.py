@@ -39,6 +39,7 @@ from tests.chart.manifests import (
     service_config,
     serving_container,
 )
+from tests.declared_metrics import BENTOML, TABSERVE
 
 # Oldest and newest supported.
 SUPPORTED_KUBERNETES = ("1.30.0", "1.37.0")
@@ -277,12 +278,13 @@ def test_service_ports_and_probes_use_container_ports(value_set: tuple) -> None:
     assert ports["http"] == HTTP_PORT
 
 
-def test_grpc_port_matches_the_service_setting(value_set: tuple) -> None:
+@pytest.mark.parametrize(("port", "setting"), [("grpc", "grpc_port"), ("metrics", "metrics_port")])
+def test_side_ports_match_the_service_settings(value_set: tuple, port: str, setting: str) -> None:
     _, objects = value_set
-    default_port = Settings.model_fields["grpc_port"].default
+    default_port = Settings.model_fields[setting].default
     container = serving_container(only(objects, "Deployment"))
-    assert {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"] == default_port
-    assert service_config(objects)["TABSERVE_GRPC_PORT"] == str(default_port)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}[port] == default_port
+    assert service_config(objects)[f"TABSERVE_{setting.upper()}"] == str(default_port)
 
 
 def test_autoscalers_target_the_deployment(value_set: tuple) -> None:
@@ -342,14 +344,77 @@ def test_ingress_and_service_monitor_point_at_the_service(value_set: tuple) -> N
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= service_ports
 
 
-def test_the_token_env_reads_the_rendered_secret() -> None:
+def test_honoured_labels_change_only_the_endpoint_label() -> None:
+    """The ServiceMonitor honours the scraped labels so BentoML's `endpoint` (the route) is not
+    renamed `exported_endpoint` by the Operator's target label of the same name; no other
+    exported label may collide with a target label, or honouring would hide where it came from."""
+    (endpoint,) = only(
+        render({"metrics": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor"
+    )["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True and endpoint["port"] == "metrics"
+    exported = {
+        label
+        for metrics in (BENTOML, TABSERVE)
+        for _, labels in metrics.values()
+        for label in labels
+    }
+    target_labels = {"namespace", "service", "pod", "container", "endpoint", "job", "instance"}
+    assert exported & target_labels == {"endpoint"}
+
+
+def test_the_token_is_a_file_from_the_rendered_secret() -> None:
+    """Never an env var (CKV_K8S_35): the Secret's key mounted read-only, its path in
+    TABSERVE_API_TOKEN_FILE, in the serving pods and the helm test pod."""
     objects = render({"auth": {"enabled": True, "token": "a-token-of-16-chars-or-more"}})
     secret = only(objects, "Secret")
-    for _, template in pod_templates(objects):  # the serving pods and the helm test pod
+    for _, template in pod_templates(objects):
         (container,) = template["spec"]["containers"]
-        (env,) = [e for e in container["env"] if e["name"] == "TABSERVE_API_TOKEN"]
-        ref = env["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"]
+        env = {e["name"]: e for e in container["env"]}
+        assert "TABSERVE_API_TOKEN" not in env
+        path = Path(env["TABSERVE_API_TOKEN_FILE"]["value"])
+        (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+        assert mount["readOnly"] is True
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+        (item,) = volume["secret"]["items"]
+        assert item["key"] in secret["data"] and item["path"] == path.name
+
+
+def test_a_new_token_rolls_the_pods() -> None:
+    def annotations(token: str) -> dict[str, str]:
+        objects = render({"auth": {"enabled": True, "token": token}})
+        return only(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+
+    assert annotations("a-token-of-16-chars-or-more") != annotations("another-token-of-16-chars")
+
+
+def _ports(rule: dict[str, Any]) -> set[str | int]:
+    return {port["port"] for port in rule["ports"]}
+
+
+def test_network_policy_is_on_and_opens_each_port_to_its_own_callers(
+    default_objects: list[Manifest],
+) -> None:
+    policy = only(default_objects, "NetworkPolicy")
+    deployment = only(default_objects, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert _matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    clients, scrapers = policy["spec"]["ingress"]
+    assert _ports(clients) == {"http", "grpc"}
+    assert clients["from"] == [{"podSelector": {}}]  # the release namespace only
+    assert _ports(scrapers) == {"metrics"}  # Prometheus reaches the metrics and nothing else
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert scrapers["from"] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+    (dns,) = policy["spec"]["egress"]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+def test_the_ingress_controller_may_reach_the_serving_ports_when_there_is_an_ingress() -> None:
+    objects = render({"ingress": {"enabled": True}})
+    clients, _ = only(objects, "NetworkPolicy")["spec"]["ingress"]
+    controller = load_values(CHART / "values.yaml")["networkPolicy"]["ingressController"]
+    assert clients["from"] == [{"podSelector": {}}, controller]
 
 
 def test_pods_are_locked_down(value_set: tuple) -> None:
@@ -413,7 +478,7 @@ def _exported_metrics(server) -> set[str]:
     mode a family appears only after its first sample)."""
     body = {"instances": [MODELS["iris"].example_instance()]}
     assert httpx.post(f"{server.url}/v1/models/iris:predict", json=body, timeout=30).is_success
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    text = httpx.get(server.metrics_url, timeout=10).text
     return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
 
 

@@ -9,6 +9,7 @@ shows it in the summary).
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from tabserve.catalog import MODELS
 from tests.dashboard_queries import queries, substituted
@@ -110,7 +112,26 @@ def test_service_answers_rest_and_grpc_from_the_host(service: str) -> None:
     client = grpcclient.InferenceServerClient(service.removeprefix("http://")[:-4] + "8001")
     assert client.is_server_ready()
     assert all(client.is_model_ready(name) for name in MODELS)
-    assert httpx.get(f"{service}/metrics", timeout=10).status_code == 200
+    # The metrics have a port of their own; the prediction port keeps no /metrics.
+    assert httpx.get(f"{service}/metrics", timeout=10).status_code == 404
+    assert httpx.get(f"{service[:-4]}8002/metrics", timeout=10).status_code == 200
+    # Prometheus scrapes the metrics port, and BentoML's own `endpoint` label (the route)
+    # survives the scrape's target label of the same name (the port name, from the
+    # ServiceMonitor's conventions): the dashboards group by it.
+    routes = wait_until(
+        "Prometheus has BentoML's request series with their route as `endpoint`",
+        lambda: prometheus_query('bentoml_service_request_total{endpoint="/readyz"}'),
+        timeout=60,
+    )
+    assert all(series["metric"]["namespace"] == NAMESPACE for series in routes)
+    # On by default. (This cluster's bridge CNI does not enforce NetworkPolicy: the policy's
+    # content is checked offline, tests/test_chart.py.)
+    policy = kubectl_json("-n", NAMESPACE, "get", "networkpolicy", "tabserve")
+    assert {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]} == {
+        "http",
+        "grpc",
+        "metrics",
+    }
 
 
 def test_rollout_to_a_new_revision_under_load_drops_nothing(service: str, tmp_path: Path) -> None:
@@ -270,6 +291,37 @@ def test_batch_job_scores_a_csv_and_upgrades_keep_working(service: str) -> None:
         run(["kubectl", "-n", NAMESPACE, "delete", "pvc", "batch-data", "--wait"], check=False)
         run(["kubectl", "delete", "pv", "tabserve-e2e-batch", "--wait"], check=False)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_api_token_from_a_mounted_secret(service: str) -> None:
+    """Section 7 of the runbook: the token in a Secret, mounted as a file, read by the service
+    and by the helm test pod; without it predictions get 401 and gRPC UNAUTHENTICATED."""
+    predict = f"{service}/v1/models/iris:predict"
+    body = {"instances": [MODELS["iris"].example_instance()]}
+    run(runbook("kubectl -n ml-serving create secret generic tabserve-api-token"))
+    try:
+        enable = runbook(
+            "helm upgrade --install tabserve helm/tabserve -n ml-serving --reuse-values"
+        )
+        run(f"{enable} --wait --timeout 10m", timeout=900)
+        secret = kubectl_json("-n", NAMESPACE, "get", "secret", "tabserve-api-token")
+        token = base64.b64decode(secret["data"]["api-token"]).decode()
+        assert httpx.post(predict, json=body, timeout=30).status_code == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(predict, json=body, headers=bearer, timeout=30).status_code == 200
+        client = grpcclient.InferenceServerClient(service.removeprefix("http://")[:-4] + "8001")
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_model_metadata("iris")
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert client.get_model_metadata("iris", headers={"authorization": f"Bearer {token}"})
+        output = run(runbook("helm test tabserve -n ml-serving"), timeout=300).stdout
+        assert "Phase:          Succeeded" in output, output
+        env = kubectl_json("-n", NAMESPACE, "get", "deployment", "tabserve")["spec"]["template"]
+        assert "TABSERVE_API_TOKEN" not in json.dumps(env).replace("TABSERVE_API_TOKEN_FILE", "")
+    finally:
+        helm_upgrade("auth.enabled=false", "auth.existingSecret=")
+        run(["kubectl", "-n", NAMESPACE, "delete", "secret", "tabserve-api-token"], check=False)
+    assert httpx.post(predict, json=body, timeout=30).status_code == 200
 
 
 def test_scale_by_hand_then_roll_back(service: str) -> None:

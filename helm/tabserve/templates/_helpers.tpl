@@ -59,14 +59,38 @@ app.kubernetes.io/part-of: tabserve
 {{- default (printf "%s-auth" (include "tabserve.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
-{{/* The env var reading the API token from its Secret (serving pods, batch, helm test). */}}
+{{/*
+The API token as a file, never an env var (env vars leak into crash dumps, `kubectl describe`
+and child processes): the Secret's key mounted read-only, its path in TABSERVE_API_TOKEN_FILE.
+Used by the serving pods and the helm test pod; each include renders nothing when auth is off.
+*/}}
+{{- define "tabserve.authTokenDir" -}}/var/run/secrets/tabserve{{- end -}}
+
 {{- define "tabserve.authEnv" -}}
 {{- if .Values.auth.enabled }}
-- name: TABSERVE_API_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "tabserve.authSecretName" . }}
-      key: {{ .Values.auth.secretKey }}
+- name: TABSERVE_API_TOKEN_FILE
+  value: {{ include "tabserve.authTokenDir" . }}/api-token
+{{- end }}
+{{- end -}}
+
+{{- define "tabserve.authVolumeMount" -}}
+{{- if .Values.auth.enabled }}
+- name: api-token
+  mountPath: {{ include "tabserve.authTokenDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tabserve.authVolume" -}}
+{{- if .Values.auth.enabled }}
+- name: api-token
+  secret:
+    secretName: {{ include "tabserve.authSecretName" . }}
+    items:
+      - key: {{ .Values.auth.secretKey }}
+        path: api-token
+    # Readable by the pod's fsGroup (the service's group), no one else.
+    defaultMode: 0440
 {{- end }}
 {{- end -}}
 
@@ -112,8 +136,7 @@ checkov policy-scan skips, each with its reason, as object annotations. Usage:
   "CKV_K8S_15" "image.pullPolicy is a value; tags are immutable bento versions, so IfNotPresent spares a registry round trip (and a registry outage) on every pod start"
   "CKV_K8S_40" "The uid is the BentoML image's own non-root user (1034), which owns its files; runAsNonRoot is enforced"
   "CKV_K8S_43" "Pin by digest with image.digest; by default the tag is the immutable bento version"
-  "CKV_K8S_35" "The API token reaches the service as TABSERVE_API_TOKEN, as every setting does (pydantic-settings); it grants only prediction calls to this service"
-  "CKV2_K8S_6" "The NetworkPolicy is optional (networkPolicy.enabled): the allowed sources (ingress controller, clients, Prometheus) are site-specific"
+  "CKV2_K8S_6" "Serving pods: networkPolicy.enabled (on by default) was turned off. One-shot batch and helm test pods: no policy of theirs; they take no connections"
 -}}
 {{- range $index, $check := . }}
 checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no reason for skipping %s" $check) (get $reasons $check)) | quote }}
@@ -123,7 +146,6 @@ checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no
 {{/* The skips every object running the tabserve image needs, plus the given extra ones. */}}
 {{- define "tabserve.imageCheckovSkips" -}}
 {{- $checks := list "CKV_K8S_15" "CKV_K8S_40" "CKV_K8S_43" -}}
-{{- if .context.Values.auth.enabled }}{{ $checks = append $checks "CKV_K8S_35" }}{{ end -}}
 {{- include "tabserve.checkovSkips" (concat $checks .extra) -}}
 {{- end -}}
 
