@@ -93,7 +93,7 @@ def create_app() -> FastAPI:
     app.include_router(tabpy.router)
     app.include_router(v2.router)
     mount_pages(app)
-    app.add_middleware(BearerTokenMiddleware)  # no-op unless TABSERVE_API_TOKEN is set
+    app.add_middleware(BearerTokenMiddleware)  # no-op unless a token is configured
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_error)

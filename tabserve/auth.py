@@ -1,4 +1,5 @@
-"""Optional API authentication: a bearer token (setting `api_token`, env `TABSERVE_API_TOKEN`).
+"""Optional API authentication: a bearer token (setting `api_token`, env `TABSERVE_API_TOKEN`,
+or read at start-up from the file `TABSERVE_API_TOKEN_FILE` names, e.g. a mounted Secret).
 
 When no token is configured everything is open. When one is, every route of our HTTP app needs
 `Authorization: Bearer <token>` except the few listed in `OPEN_PATHS` (documentation, the web

@@ -8,13 +8,21 @@ e.g. ``TABSERVE_MAX_INSTANCES=500``. Model tags are overridden per model with
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TABSERVE_"
+API_TOKEN_MIN_CHARS = 16
+# A token file is a few dozen bytes; reading at most this much keeps a path pointing at a log or
+# a device (/dev/zero) from filling the memory at start-up.
+_TOKEN_FILE_MAX_BYTES = 4096
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TABSERVE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
 
     # --- request limits -------------------------------------------------------------------
     max_instances: int = Field(
@@ -166,11 +174,18 @@ class Settings(BaseSettings):
     # --- access ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
         None,
-        min_length=16,
-        description="Bearer token required on the prediction routes (REST, gRPC, TabPy); unset = "
-        "open. Probes, /metrics and the web page's static assets never need it. At least 16 "
-        "characters, so an empty or placeholder Secret fails at start-up instead of opening "
-        "the API.",
+        description="Bearer token required on the prediction routes (REST, gRPC, TabPy); unset "
+        "(and no api_token_file) = open. Probes, /metrics and the web page's static assets never "
+        "need it. Surrounding whitespace is dropped (a Secret's trailing newline would otherwise "
+        f"lock every client out). At least {API_TOKEN_MIN_CHARS} visible ASCII characters, so "
+        "an empty or placeholder Secret fails at start-up instead of opening the API.",
+    )
+    api_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token, e.g. a Kubernetes Secret mounted as a "
+        "volume; its content, surrounding whitespace dropped, is the token, read once at "
+        "start-up. Same rules as api_token; set one of the two, not both. An empty, missing or "
+        "unreadable file, or a short token, fails the start-up.",
     )
 
     # --- shutdown -------------------------------------------------------------------------------
@@ -188,6 +203,32 @@ class Settings(BaseSettings):
         "process at once). Keep preStop pause + this well under terminationGracePeriodSeconds.",
     )
 
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _strip_api_token(cls, value: Any) -> Any:
+        """Whitespace around the token is an artefact of how it was stored (`echo`, a Secret
+        made from a file), never what clients send: dropped, then the token is checked."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return _checked_token(value.strip(), f"{ENV_PREFIX}API_TOKEN")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_token_file(cls, values: Any) -> Any:
+        """api_token from api_token_file's content. Before the fields are validated, as the
+        model is frozen: the token in effect is always `api_token`, wherever it came from."""
+        path = values.get("api_token_file") if isinstance(values, dict) else None
+        if not isinstance(path, str | Path):  # unset; or not a path, which its field refuses
+            return values
+        if values.get("api_token") is not None:
+            raise ValueError(
+                f"{ENV_PREFIX}API_TOKEN and {ENV_PREFIX}API_TOKEN_FILE are both set: set one "
+                "(the file, for a mounted Secret)"
+            )
+        return {**values, "api_token": SecretStr(_token_from_file(str(path)))}
+
     @property
     def max_json_values(self) -> int:
         """Most values (and keys) a JSON body may hold, counted on its bytes before it is parsed:
@@ -200,6 +241,66 @@ class Settings(BaseSettings):
         return self.model_tags.get(model_name, f"{model_name}:latest")
 
 
+def _token_from_file(path: str) -> str:
+    if not path.strip():  # Path("") would be ".", the working directory
+        raise ValueError(f"{ENV_PREFIX}API_TOKEN_FILE is set but empty: give the token file's path")
+    setting = f"{ENV_PREFIX}API_TOKEN_FILE={path}"
+    try:
+        with open(path, "rb") as file:
+            content = file.read(_TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as error:  # missing, a directory, not readable by this user, ...
+        raise ValueError(f"{setting}: cannot read the token file: {error.strerror}") from None
+    if len(content) > _TOKEN_FILE_MAX_BYTES:
+        raise ValueError(f"{setting}: larger than {_TOKEN_FILE_MAX_BYTES} bytes, not a token")
+    try:
+        token = content.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{setting}: the token must be ASCII text") from None
+    return _checked_token(token.strip(), setting)
+
+
+def _checked_token(token: str, setting: str) -> str:
+    """The token, if clients can send it and it is not trivially guessed. Visible ASCII only:
+    gRPC metadata carries only ASCII, and a line break or space inside cannot be sent in a
+    header (a multi-line Secret would lock every client out)."""
+    if not token:
+        raise ValueError(f"{setting}: the token is empty")
+    if len(token) < API_TOKEN_MIN_CHARS:
+        raise ValueError(
+            f"{setting}: the token has {len(token)} characters, at least "
+            f"{API_TOKEN_MIN_CHARS} are needed"
+        )
+    if not all("!" <= character <= "~" for character in token):
+        raise ValueError(
+            f"{setting}: the token may hold only visible ASCII characters (no spaces or line "
+            "breaks inside)"
+        )
+    return token
+
+
+class SettingsError(SystemExit):
+    """Settings the service cannot start with. A SystemExit carrying its message, so `bentoml
+    serve` (which imports service.py, and with it the settings, before it starts any worker) stops
+    with exit status 1 and only this message on stderr, not a traceback through BentoML and click
+    that ends in pydantic's error (which also echoed the rejected value: a too-short token)."""
+
+    def __init__(self, error: ValidationError) -> None:
+        problems = "\n".join(f"  {_describe(problem)}" for problem in error.errors())
+        super().__init__(f"tabserve cannot start, invalid settings:\n{problems}")
+
+
+def _describe(problem: Any) -> str:
+    # Our validators' messages name the variable already; pydantic's own ("Input should be a
+    # valid integer") get it from the field they are about.
+    if problem["type"] == "value_error":
+        return str(problem["ctx"]["error"])
+    variable = ENV_PREFIX + ".".join(str(part) for part in problem["loc"]).upper()
+    return f"{variable}: {problem['msg']}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(error) from None

@@ -13,8 +13,9 @@ every HEALTH_RECHECK_S): NOT_SERVING until then, SERVING, NOT_SERVING again whil
 stops answering and once shutdown begins. Inference RPCs share the worker's admission limit
 with HTTP (tabserve/admission.py): the excess is refused at once with RESOURCE_EXHAUSTED.
 
-With a token configured (TABSERVE_API_TOKEN), every inference RPC but ServerLive and ServerReady
-needs `authorization: Bearer <token>` metadata, as every /v2 REST route but the health ones does.
+With a token configured (TABSERVE_API_TOKEN or TABSERVE_API_TOKEN_FILE), every inference RPC but
+ServerLive and ServerReady needs `authorization: Bearer <token>` metadata, as every /v2 REST route
+but the health ones does.
 """
 
 from __future__ import annotations
