@@ -110,9 +110,7 @@ class Prometheus:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--target", default="127.0.0.1:8002", help="tabserve's metrics host:port"
-    )
+    parser.add_argument("--target", default="127.0.0.1:8002", help="tabserve's metrics host:port")
     parser.add_argument("--port", type=int, default=9090, help="Prometheus port on 127.0.0.1")
     parser.add_argument("--interval", type=float, default=5.0, help="scrape interval, seconds")
     args = parser.parse_args()
