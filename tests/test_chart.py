@@ -417,6 +417,24 @@ def test_the_ingress_controller_may_reach_the_serving_ports_when_there_is_an_ing
     assert clients["from"] == [{"podSelector": {}}, controller]
 
 
+def test_every_pod_is_pulled_and_placed_like_the_serving_pods() -> None:
+    """The helm test and batch pods run the same image: on a cluster that needs a pull secret
+    or dedicated nodes, they would otherwise never start."""
+    placement = {
+        "imagePullSecrets": [{"name": "registry"}],
+        "nodeSelector": {"pool": "ml"},
+        "tolerations": [{"key": "ml", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    batch = {"enabled": True, "existingClaim": "data"}
+    objects = render({**placement, "batch": batch})
+    kinds = []
+    for owner, template in pod_templates(objects):
+        kinds.append(owner["kind"])
+        for field, value in placement.items():
+            assert template["spec"][field] == value, (owner["kind"], field)
+    assert sorted(kinds) == ["Deployment", "Job", "Pod"]
+
+
 def test_pods_are_locked_down(value_set: tuple) -> None:
     _, objects = value_set
     for owner, template in pod_templates(objects):

@@ -153,3 +153,20 @@ checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no
 {{- define "tabserve.sourceDir" -}}
 {{- printf "%s/src" (trimSuffix "/" .Values.bentoPath) -}}
 {{- end -}}
+
+{{/* Pod spec fields every pod running the image shares (serving, batch, helm test): pulled
+with the same secrets, placed on the same nodes. */}}
+{{- define "tabserve.podPlacement" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
