@@ -166,9 +166,11 @@ class ModelAPI:
 
 # Per API worker: at most max_in_flight requests at once, max_queued waiting, the rest shed.
 ModelAPI.add_asgi_middleware(AdmissionMiddleware)
-# On the service, not only our FastAPI app, so BentoML's own routes carry the headers too.
-ModelAPI.add_asgi_middleware(SecurityHeadersMiddleware)
-if settings.metrics_port:  # inside the headers' middleware: its 404 carries them too
+if settings.metrics_port:  # /metrics is served on its own port (tabserve/metrics_server.py)
     ModelAPI.add_asgi_middleware(MetricsMovedMiddleware, metrics_port=settings.metrics_port)
-# Once the pod is terminating, clients are told to reconnect (to live pods).
-ModelAPI.add_asgi_middleware(DrainingMiddleware)
+# Around the whole app, BentoML's own layers included: every HTTP answer carries them, those of
+# BentoML's routes and the ones BentoML and the admission write themselves (504, 429, 503, 500).
+bentoml_runtime.wrap_entry_app(
+    SecurityHeadersMiddleware,
+    DrainingMiddleware,  # once the pod is terminating, clients are told to reconnect elsewhere
+)

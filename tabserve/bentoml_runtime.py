@@ -3,7 +3,8 @@ BentoML's own behaviour has to be adjusted. Each item says what it fixes and whe
 measured; service.py applies them.
 
 Three BentoML classes are replaced by assignment, the only hook BentoML 1.4 leaves: its
-adaptive-batching optimizer, its request-timeout middleware and its request-metrics middleware.
+adaptive-batching optimizer, its request-timeout middleware and its request-metrics middleware;
+and the method that builds a service's ASGI app is wrapped, to put middleware around all of it.
 Should an upgrade rename or stop using one, the assignment would silently do nothing; so each
 replacement notes when BentoML builds it, and `check_replacements_in_effect` fails the worker's
 start-up when one was not built.
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import numpy as np
+from _bentoml_sdk.service import factory as bentoml_sdk_service
 from bentoml._internal.marshal import dispatcher as bentoml_dispatcher
 from bentoml._internal.server.http import instruments as bentoml_instruments
 from bentoml._internal.server.http import traffic as bentoml_traffic
@@ -177,6 +179,49 @@ def bound_metric_paths(endpoint_label: Callable[[str], str]) -> None:
     _replace(bentoml_instruments, "RunnerTrafficMetricsMiddleware", _BoundedPathMetrics)
 
 
+class _OutermostMiddleware:
+    """The entry service's whole ASGI app inside `middleware` (outermost first).
+
+    BentoML puts the middleware of `Service.add_asgi_middleware` inside its own layers: its
+    request metrics, the request deadline (504), its concurrency limit (traffic.max_concurrency,
+    429) and Starlette's error handler (500) all wrap it, so the answers those layers write
+    never passed through it (the 504 lacked the browser security headers). Middleware that must
+    see every response goes here instead (`wrap_entry_app`).
+    """
+
+    middleware: tuple[Callable[[ASGIApp], ASGIApp], ...] = ()  # set by wrap_entry_app
+
+    def __init__(self, app: ASGIApp) -> None:
+        for middleware in reversed(self.middleware):
+            app = middleware(app)
+        self.app = app
+        _built.add(type(self).__name__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def wrap_entry_app(*middleware: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Wrap `middleware` (outermost first) around the entry service's app as BentoML builds it
+    (`Service.to_asgi`, which BentoML's worker calls; the runner's app is left as it is).
+    A method is wrapped, not the app factory class replaced: its module is not imported in the
+    arbiter, and importing it here would cost the arbiter ~4 MB."""
+    _OutermostMiddleware.middleware = middleware
+    build = getattr(bentoml_sdk_service.Service, "to_asgi", None)
+    if not callable(build):
+        raise RuntimeError(
+            "bentoml Service.to_asgi is gone: this BentoML is not the one tabserve adjusts "
+            "(bentoml_runtime.py); check what the upgrade changed"
+        )
+
+    @functools.wraps(build)
+    def to_asgi(self: Any, is_main: bool = True) -> ASGIApp:
+        app = build(self, is_main=is_main)
+        return _OutermostMiddleware(app) if is_main else app
+
+    bentoml_sdk_service.Service.to_asgi = to_asgi
+
+
 def _replace(module: Any, name: str, replacement: type) -> None:
     if not isinstance(getattr(module, name, None), type):
         raise RuntimeError(
@@ -186,9 +231,10 @@ def _replace(module: Any, name: str, replacement: type) -> None:
     setattr(module, name, replacement)
 
 
-# What BentoML builds with each service's app: the runner's also has batching dispatchers.
-API_REPLACEMENTS = (_RequestDeadlineMiddleware, _BoundedPathMetrics)
-RUNNER_REPLACEMENTS = (*API_REPLACEMENTS, _BoundedWaitOptimizer)
+# What BentoML builds with each service's app: the runner's also has batching dispatchers;
+# only the entry service's (the API's) is wrapped.
+API_REPLACEMENTS = (_RequestDeadlineMiddleware, _BoundedPathMetrics, _OutermostMiddleware)
+RUNNER_REPLACEMENTS = (_RequestDeadlineMiddleware, _BoundedPathMetrics, _BoundedWaitOptimizer)
 
 
 def check_replacements_in_effect(replacements: tuple[type, ...]) -> None:

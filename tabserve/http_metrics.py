@@ -11,6 +11,7 @@ Two jobs, one rule (a path becomes the template of the route it matches, or `<un
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -19,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tabserve import metrics
 
+# What BentoML answers when a request's deadline (its traffic.timeout) expires first.
+DEADLINE_STATUS = 504
 # Routes BentoML itself serves on a service's port (its Starlette app, outside our FastAPI app).
 BENTOML_ROUTES = frozenset(
     {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json"}
@@ -66,7 +69,7 @@ class RestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # what the client gets if the app raises before answering
+        status: int | None = None  # until the app answers
 
         async def send_and_note_status(message: Message) -> None:
             nonlocal status
@@ -80,10 +83,17 @@ class RestMetricsMiddleware:
         try:
             with metrics.requests_in_progress("rest"):
                 await self.app(scope, receive, send_and_note_status)
+        except asyncio.CancelledError:
+            # Cancelled before it answered: the request deadline expired. BentoML's deadline
+            # middleware (bentoml_runtime._RequestDeadlineMiddleware) cancels the app and
+            # answers 504 itself; that is what the client got, not the 500 of a bug.
+            status = status or DEADLINE_STATUS
+            raise
         finally:
             seconds = time.perf_counter() - started
             method = metrics.http_method_label(scope["method"])
-            metrics.record_request("rest", route, method, status, seconds)
+            # 500: what the client gets when the app raises before answering.
+            metrics.record_request("rest", route, method, status or 500, seconds)
 
 
 def endpoint_labeller(

@@ -1,9 +1,11 @@
 """Browser hardening headers on every HTTP response of the API port.
 
-Registered on the BentoML service (not only on our FastAPI app), so BentoML's own routes
-(/livez, /readyz, /metrics, /schema.json) carry them too. One policy for every response: the
-pages (/ui/, /v1/docs) load only their own scripts, styles and data from this origin, and a JSON
-or text answer opened in a browser can neither run nor load anything.
+Wrapped around the entry service's whole app (service.py, bentoml_runtime.wrap_entry_app), not
+only our FastAPI app: BentoML's own routes (/livez, /readyz, /metrics, /schema.json) carry them
+too, and so do the answers written by the layers around the app (BentoML's 504 request
+deadline, its 429 concurrency limit, its 500s, the admission's 503). One policy for every
+response: the pages (/ui/, /v1/docs) load only their own scripts, styles and data from this
+origin, and a JSON or text answer opened in a browser can neither run nor load anything.
 """
 
 from __future__ import annotations

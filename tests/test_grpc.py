@@ -253,6 +253,55 @@ def test_inference_needs_the_token(served: Served) -> None:
     assert served.client.is_server_ready()
 
 
+def _big_infer_inputs(rows: int) -> list[tc.InferInput]:
+    """A valid iris request of `rows` rows as raw FP64 tensors: 32 bytes a row."""
+    inputs = []
+    for name in MODELS["iris"].feature_names:
+        tensor = tc.InferInput(name, [rows], "FP64")
+        tensor.set_data_from_numpy(np.full(rows, 1.5))
+        inputs.append(tensor)
+    return inputs
+
+
+def test_a_big_unauthenticated_request_is_refused_and_the_channel_stays_usable(
+    served: Served,
+) -> None:
+    """7.6 MiB of valid ModelInferRequest (a message under max_body_bytes), refused on its
+    metadata; the refused calls leave the connection fit for the next, authenticated, call."""
+    inputs = _big_infer_inputs(250_000)
+    for _ in range(3):
+        with pytest.raises(InferenceServerException) as raised:
+            served.client.infer("iris", inputs)
+        assert raised.value.status() == "StatusCode.UNAUTHENTICATED"
+    rows = instances("iris", 2)
+    answer = served.client.infer("iris", infer_inputs(tc, "iris", rows, True), headers=AUTH)
+    assert len(answer.as_numpy("label")) == 2
+
+
+# Not a protobuf message: a varint longer than 10 bytes.
+GARBAGE = b"\xff" * 64
+
+
+def _raw_model_infer(channel: grpc.Channel, message: bytes, metadata: tuple = ()) -> None:
+    """ModelInfer with the message sent as given: the client serializes nothing."""
+    infer = channel.unary_unary(f"/{SERVICE}/ModelInfer")  # no serializers: bytes in, bytes out
+    infer(message, metadata=metadata, timeout=10)
+
+
+def test_an_unauthenticated_message_is_never_parsed(served: Served) -> None:
+    """The token is checked before the message is parsed: bytes no protobuf parser accepts
+    (gRPC answers UNKNOWN "... Error parsing message" when it parses them, with the token) get
+    UNAUTHENTICATED without it. So a refusal costs no parsing, whatever the message holds."""
+    with pytest.raises(grpc.RpcError) as parsed:
+        _raw_model_infer(served.channel, GARBAGE, metadata=tuple(AUTH.items()))
+    assert "Error parsing message" in parsed.value.details()
+    for metadata in ((), (("authorization", "Bearer wrong-token-0123456789"),)):
+        with pytest.raises(grpc.RpcError) as refused:
+            _raw_model_infer(served.channel, GARBAGE, metadata)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert refused.value.details() == "send metadata 'authorization: Bearer <token>'"
+
+
 def test_grpc_calls_are_counted_in_prometheus_metrics(served: Served) -> None:
     with pytest.raises(InferenceServerException):
         served.client.infer("iris", infer_inputs(tc, "iris", instances("iris", 1), True))

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.raw_http import Connection
 from tests.server import ServerProcess
-from tests.test_overload import PREDICT, PREDICT_BODY
+from tests.test_overload import PREDICT, PREDICT_BODY, metric_total
 
 RUNNER_TIMEOUT_S = 2.0
 # A request waits at most for the call in flight and then its own (runner_calls.py).
@@ -207,11 +207,17 @@ def test_a_request_past_its_deadline_gets_504(trained_store: Path, tmp_path: Pat
         finally:
             os.kill(runner.pid, signal.SIGCONT)
         after = httpx.post(f"{server.url}/v1/models/churn:predict", json=PREDICT_BODY, timeout=30)
+        counted = {
+            code: metric_total(server.url, "tabserve_requests_total", code=code)
+            for code in ("504", "500")
+        }
 
     assert response.status_code == 504
     assert response.json() == {"error": "Not able to process the request in 1 seconds"}
     assert 1.0 <= took < 3.0
     assert after.status_code == 200
+    # Our request metrics count what the client got, not a 500 for the cancelled app.
+    assert counted == {"504": 1, "500": 0}
 
 
 BURST_CLIENTS = 64
