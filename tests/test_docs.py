@@ -87,8 +87,8 @@ async def _held_then_shed(url: str, runner_pid: int) -> tuple[httpx.Response, ht
 
 def test_documented_shed_answer_is_the_servers(docs_server: ServerProcess) -> None:
     url = docs_server.url
-    counted_before = metric_total(url, "tabserve_requests_total", code="503")
-    shed_before = metric_total(url, "tabserve_shed_requests_total", protocol="rest")
+    counted_before = metric_total(docs_server, "tabserve_requests_total", code="503")
+    shed_before = metric_total(docs_server, "tabserve_shed_requests_total", protocol="rest")
     runner = docs_server.worker("model_runner")
     shed, held = asyncio.run(_held_then_shed(url, runner.pid))
 
@@ -97,5 +97,8 @@ def test_documented_shed_answer_is_the_servers(docs_server: ServerProcess) -> No
     assert shed.headers["retry-after"] == "1"
     assert shed.json() == _documented()["shed"]
     # docs/observability.md: a shed request has its own counter, not a code in the requests.
-    assert metric_total(url, "tabserve_shed_requests_total", protocol="rest") - shed_before == 1
-    assert metric_total(url, "tabserve_requests_total", code="503") == counted_before
+    assert (
+        metric_total(docs_server, "tabserve_shed_requests_total", protocol="rest") - shed_before
+        == 1
+    )
+    assert metric_total(docs_server, "tabserve_requests_total", code="503") == counted_before
