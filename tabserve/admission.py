@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 from collections import deque
+from collections.abc import Iterator
 from types import TracebackType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -135,3 +136,25 @@ def _disconnected(receive: Receive) -> bool:
         return finished.value["type"] == "http.disconnect"
     step.close()
     return False
+
+
+class MessageBudget:
+    """Bytes of gRPC inference messages one worker holds at once (tabserve/protocols/grpc): a
+    call that would exceed it is refused like an overloaded one. A message stays in memory,
+    with its parsed form (up to ~5 times its size: 8 MiB of one-byte strings parse to ~41 MB),
+    while its call waits for the runner; 128 admitted calls of 8 MiB would hold gigabytes. The
+    bound is on bytes, not calls, so ordinary small messages never meet it."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        if self.held_bytes and self.held_bytes + size > self.limit_bytes:
+            raise Overloaded
+        self.held_bytes += size
+        try:
+            yield
+        finally:
+            self.held_bytes -= size

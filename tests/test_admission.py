@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tabserve.admission import Admission, Overloaded
+from tabserve.admission import Admission, MessageBudget, Overloaded
 
 
 async def _hold(admission: Admission, name: str, order: list[str], release: asyncio.Event) -> None:
@@ -48,3 +48,18 @@ def test_a_waiter_that_gives_up_leaves_its_place_and_takes_no_slot() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["a", "c"]
+
+
+def test_the_message_budget_refuses_what_would_exceed_it_and_frees_on_exit() -> None:
+    """gRPC's per-worker budget of request bytes held at once (tabserve/protocols/grpc)."""
+    budget = MessageBudget(limit_bytes=10)
+    with budget.hold(6):
+        with pytest.raises(Overloaded), budget.hold(5):
+            pass
+        with budget.hold(4):
+            assert budget.held_bytes == 10
+    assert budget.held_bytes == 0
+    with budget.hold(
+        50
+    ):  # alone, a message over the budget is still taken (max_body_bytes caps it)
+        pass

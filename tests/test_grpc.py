@@ -290,11 +290,12 @@ def _raw_model_infer(channel: grpc.Channel, message: bytes, metadata: tuple = ()
 
 def test_an_unauthenticated_message_is_never_parsed(served: Served) -> None:
     """The token is checked before the message is parsed: bytes no protobuf parser accepts
-    (gRPC answers UNKNOWN "... Error parsing message" when it parses them, with the token) get
-    UNAUTHENTICATED without it. So a refusal costs no parsing, whatever the message holds."""
+    (INVALID_ARGUMENT when they are parsed, with the token; gRPC's own UNKNOWN "... Error parsing
+    message" before) get UNAUTHENTICATED without it. So a refusal costs no parsing."""
     with pytest.raises(grpc.RpcError) as parsed:
         _raw_model_infer(served.channel, GARBAGE, metadata=tuple(AUTH.items()))
-    assert "Error parsing message" in parsed.value.details()
+    assert parsed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert parsed.value.details() == "the message is not a valid ModelInferRequest"
     for metadata in ((), (("authorization", "Bearer wrong-token-0123456789"),)):
         with pytest.raises(grpc.RpcError) as refused:
             _raw_model_infer(served.channel, GARBAGE, metadata)

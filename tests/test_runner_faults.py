@@ -208,7 +208,7 @@ def test_a_request_past_its_deadline_gets_504(trained_store: Path, tmp_path: Pat
             os.kill(runner.pid, signal.SIGCONT)
         after = httpx.post(f"{server.url}/v1/models/churn:predict", json=PREDICT_BODY, timeout=30)
         counted = {
-            code: metric_total(server.url, "tabserve_requests_total", code=code)
+            code: metric_total(server, "tabserve_requests_total", code=code)
             for code in ("504", "500")
         }
 

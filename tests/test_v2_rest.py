@@ -226,7 +226,9 @@ def test_batch_larger_than_the_limit_is_refused(server) -> None:
     rows = 1001  # Settings.max_instances defaults to 1000
     response = _json_infer(server, "iris", _iris_inputs(rows=rows))
     assert response.status_code == 400
-    assert response.json() == {"error": "batch size 1001 is outside 1..1000 rows"}
+    # Refused on the first input's shape, before any element is read.
+    error = "input 'sepal_length_cm': batch size 1001 is outside 1..1000 rows"
+    assert response.json() == {"error": error}
 
 
 def test_unknown_output_is_refused(server) -> None:

@@ -119,6 +119,7 @@ class Tensor:
             raise InvalidTensor(
                 f"input {name!r}: shape {list(shape)} needs {expected} elements, got {len(values)}"
             )
+        values = list(values)  # read only now that their number is known to be bounded
         if datatype == "BYTES":
             elements = [_as_bytes(name, value) for value in values]
             return cls(name, datatype, tuple(shape), np.array(elements, dtype=object))
@@ -138,7 +139,7 @@ class Tensor:
         dtype = numpy_type(name, datatype)
         expected = _element_count(name, shape)
         if datatype == "BYTES":
-            data = np.array(_split_bytes(name, raw), dtype=object)
+            data = np.array(_split_bytes(name, raw, expected), dtype=object)
         elif len(raw) % dtype.itemsize:
             raise InvalidTensor(
                 f"input {name!r}: {len(raw)} raw bytes are not a whole number of "
@@ -147,8 +148,9 @@ class Tensor:
         else:
             data = np.frombuffer(raw, dtype=dtype)
         if len(data) != expected:
+            got = "more" if len(data) > expected else len(data)  # BYTES: split no further
             raise InvalidTensor(
-                f"input {name!r}: shape {list(shape)} needs {expected} elements, got {len(data)}"
+                f"input {name!r}: shape {list(shape)} needs {expected} elements, got {got}"
             )
         return cls(name, datatype, tuple(shape), data)
 
@@ -183,9 +185,21 @@ def numpy_type(name: str, datatype: str) -> np.dtype:
 
 
 def _element_count(name: str, shape: Sequence[int]) -> int:
+    """Elements the shape declares, refused before any element is read when a valid request
+    could not have them (one value per row, at most max_instances rows): a gRPC message or a
+    raw BYTES tensor of millions of tiny elements would otherwise cost seconds and hundreds of
+    MB to unpack before the batch size check."""
     if any(dimension < 0 for dimension in shape):
         raise InvalidTensor(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    return math.prod(shape)
+    count = math.prod(shape)
+    limit = get_settings().max_instances
+    if count > limit:
+        if shape[0] > limit:
+            raise InvalidTensor(f"input {name!r}: batch size {shape[0]} is outside 1..{limit} rows")
+        raise InvalidTensor(
+            f"input {name!r} has shape {list(shape)}; expected [N] or [N, 1] (one value per row)"
+        )
+    return count
 
 
 def _as_bytes(name: str, value: Any) -> bytes:
@@ -196,11 +210,12 @@ def _as_bytes(name: str, value: Any) -> bytes:
     raise InvalidTensor(f"input {name!r}: {value!r} is not a BYTES value (a string)")
 
 
-def _split_bytes(name: str, raw: bytes) -> list[bytes]:
-    """Raw BYTES: each element is a 4-byte little-endian length, then that many bytes."""
+def _split_bytes(name: str, raw: bytes, expected: int) -> list[bytes]:
+    """Raw BYTES: each element is a 4-byte little-endian length, then that many bytes. Stops
+    one element past `expected` (the caller refuses the count): the data is never split further."""
     elements = []
     offset = 0
-    while offset < len(raw):
+    while offset < len(raw) and len(elements) <= expected:
         if offset + _BYTES_LENGTH.size > len(raw):
             raise InvalidTensor(f"input {name!r}: raw BYTES data ends inside a length prefix")
         (length,) = _BYTES_LENGTH.unpack_from(raw, offset)

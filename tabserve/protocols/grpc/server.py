@@ -25,18 +25,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import bentoml
 import grpc
 from bentoml.exceptions import BentoMLException
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tabserve import admission, metrics
 from tabserve.auth import token_is_valid
 from tabserve.protocols.grpc import inference_pb2_grpc
-from tabserve.protocols.grpc.servicer import SERVICE_NAME, InferenceServicer
+from tabserve.protocols.grpc.servicer import SERVICE_NAME, InferenceServicer, refuse
 from tabserve.protocols.oip import OpenInference
 from tabserve.settings import Settings
 
@@ -60,7 +61,14 @@ class _AuthAndMetrics(grpc.aio.ServerInterceptor):
     gets a handler that never reads, let alone parses, the message. Parsing was the costly part
     of a refusal: an 8 MiB ModelInferRequest of tiny strings took ~260 ms of the worker's CPU to
     be answered UNAUTHENTICATED, now ~6 ms. Refused calls take no admission slot either, so
-    clients without the token cannot crowd out those with it."""
+    clients without the token cannot crowd out those with it.
+
+    An admitted inference call gets its message as bytes and parses it inside the handler,
+    under the worker's message budget: what cannot be parsed is INVALID_ARGUMENT (counted like
+    any bad request), not gRPC's UNKNOWN naming a Python exception."""
+
+    def __init__(self, budget: admission.MessageBudget) -> None:
+        self._budget = budget
 
     async def intercept_service(
         self,
@@ -77,15 +85,32 @@ class _AuthAndMetrics(grpc.aio.ServerInterceptor):
         authorized = not limited or token_is_valid(
             dict(details.invocation_metadata or ()).get("authorization")
         )
-        call = handler.unary_unary if authorized else _refuse_unauthenticated
+        parse = handler.request_deserializer
 
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def parsed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except DecodeError:
+                return refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the message is not a valid {method}Request",
+                )
+            return await handler.unary_unary(request, context)
+
+        call = (
+            (parsed if limited else handler.unary_unary) if authorized else _refuse_unauthenticated
+        )
+
+        async def admitted(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
                 async with admission.for_this_worker():
-                    return await observed(request, context)
+                    with self._budget.hold(len(raw)):
+                        return await observed(raw, context)
             except admission.Overloaded:
                 metrics.record_shed("grpc")
-                await context.abort(
+                return refuse(
+                    context,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the server is overloaded; retry after {admission.RETRY_AFTER_S} s",
                 )
@@ -113,14 +138,14 @@ class _AuthAndMetrics(grpc.aio.ServerInterceptor):
             )
         return grpc.unary_unary_rpc_method_handler(
             admitted if limited else observed,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None if limited else parse,  # limited: parsed() parses
             response_serializer=handler.response_serializer,
         )
 
 
-async def _refuse_unauthenticated(unread: Any, context: grpc.aio.ServicerContext) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "send metadata 'authorization: Bearer <token>'"
+async def _refuse_unauthenticated(unread: Any, context: grpc.aio.ServicerContext) -> None:
+    refuse(
+        context, grpc.StatusCode.UNAUTHENTICATED, "send metadata 'authorization: Bearer <token>'"
     )
 
 
@@ -129,7 +154,8 @@ class GrpcServer:
         self._protocol = protocol
         self._address = f"{settings.grpc_host}:{settings.grpc_port}"
         self._server = grpc.aio.server(
-            interceptors=[_AuthAndMetrics()],
+            # Room for four of the largest messages per worker (~550 MB parsed at worst).
+            interceptors=[_AuthAndMetrics(admission.MessageBudget(4 * settings.max_body_bytes))],
             options=[
                 ("grpc.so_reuseport", 1),
                 # The same request size limit as the HTTP routes.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from tabserve.protocols.oip import (
     error_text,
     numpy_type,
 )
+from tabserve.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,17 @@ def _answering_errors(method: Method) -> Method:
         except Exception:
             logger.exception("unhandled error in gRPC %s", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        await context.abort(code, message)
+        return refuse(context, code, message)
 
     return answer
+
+
+def refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """End the call with an error status. Not `context.abort`: its AbortError holds every frame
+    of the call in a reference cycle, the request message with them, until the next full garbage
+    collection: 16 refused 8 MiB messages kept a worker at +1.5 GB."""
+    context.set_code(code)
+    context.set_details(message)
 
 
 def _status_message(error: ServingError) -> str:
@@ -166,6 +175,11 @@ def _metadata_message(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
 
 def _input_tensors(request: pb.ModelInferRequest) -> list[Tensor]:
     raw = request.raw_input_contents
+    limit = get_settings().max_keys_per_instance
+    if len(request.inputs) > limit:  # counted before one input is looked at
+        raise InvalidTensor(
+            f"{len(request.inputs)} inputs; a request takes at most {limit} (one per feature)"
+        )
     if raw and len(raw) != len(request.inputs):
         raise InvalidTensor(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
@@ -186,9 +200,11 @@ def _input_tensors(request: pb.ModelInferRequest) -> list[Tensor]:
     return tensors
 
 
-def _contents(item: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
+def _contents(item: pb.ModelInferRequest.InferInputTensor) -> Sequence[Any]:
     numpy_type(item.name, item.datatype)  # an unknown datatype is named as such
     field = CONTENTS_FIELDS.get(item.datatype)
     if field is None:
         raise InvalidTensor(f"input {item.name!r}: {item.datatype} must be sent as raw contents")
-    return list(getattr(item.contents, field))
+    # The repeated field as protobuf holds it: Tensor.from_values checks its length (O(1))
+    # against the shape before a single element becomes a Python object.
+    return getattr(item.contents, field)
