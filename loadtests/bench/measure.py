@@ -98,7 +98,13 @@ def serve(peer: Peer, work: Path) -> Iterator[RunningServer]:
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **peer.env}
     if peer.ours:
-        env |= {"TABSERVE_GRPC_PORT": str(extra[0]), "TABSERVE_GRPC_HOST": "127.0.0.1"}
+        env |= {
+            "TABSERVE_GRPC_PORT": str(extra[0]),
+            "TABSERVE_GRPC_HOST": "127.0.0.1",
+            # Its own metrics port: never 8002 shared with a `make serve` through SO_REUSEPORT.
+            "TABSERVE_METRICS_PORT": str(free_port()),
+            "TABSERVE_METRICS_HOST": "127.0.0.1",
+        }
     log = (work / "server.log").open("wb")
     started = time.monotonic()
     process = subprocess.Popen(
