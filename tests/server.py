@@ -89,6 +89,11 @@ class ServerProcess:
         wait_until_ready(self.process, f"{self.url}/readyz", self.log, READY_TIMEOUT_S, 0.3)
 
     @property
+    def metrics_dir(self) -> Path:
+        """Where BentoML's processes write their Prometheus samples (one mmap file each)."""
+        return self.home / "prometheus_multiproc_dir"
+
+    @property
     def port(self) -> int:
         return int(self.url.rpartition(":")[2])
 
