@@ -35,10 +35,11 @@ class Bounds:
     max_fd_growth: int = 16
     # Bytes used in the Prometheus multiprocess files. A series is written once, at its first
     # sample, and label values come from closed sets (models, classes, routes, codes); unknown
-    # paths are all `<unmatched>`. So after the warm-up only series of rare values appear (a
-    # class a model seldom predicts), ~0.2-3 KiB each (a histogram writes a sample per bucket,
-    # in several files). A series per request (a raw path, a request id as a label) would add
-    # hundreds of KiB within a minute.
+    # paths are all `<unmatched>`. Every kind of request is sent in the first second
+    # (traffic.open_loop), so after the warm-up only series of rare values can appear (a class
+    # a model seldom predicts): a few KiB each, as a histogram writes a sample per bucket in
+    # several files (the first V1 413 writes 10.4 KiB). A series per request (a raw path or a
+    # request id as a label) would add hundreds of KiB within a minute.
     max_metrics_growth_kib: float = 64.0
     # p99 of the valid requests: the median of the per-window p99 over the last windows against
     # the same over the first windows after the warm-up (a median, so a window in which other

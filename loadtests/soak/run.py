@@ -71,7 +71,12 @@ class Watched:
 Progress = Callable[[str], None]
 
 
-def soak(server: ServerProcess, options: Options, progress: Progress = print) -> SoakRun:
+def print_now(line: str) -> None:
+    """A row as soon as it is known, also when stdout is a file (make soak > log)."""
+    print(line, flush=True)
+
+
+def soak(server: ServerProcess, options: Options, progress: Progress = print_now) -> SoakRun:
     """Run the traffic for options.duration_s and return the series (bounded in time)."""
     kinds = request_kinds(get_settings().max_body_bytes)
     runner = _soak(server, kinds, options, progress)

@@ -291,10 +291,14 @@ async def open_loop(
         unanswered = in_flight.pop(task)
         outcomes.append(unanswered if task.cancelled() else task.result())
 
+    # The first requests are one of each kind, in random order: every route, status and
+    # rejection reason has its metric series from the first seconds of the warm-up on, and no
+    # kind is left out of a short run.
+    first = rng.sample(kinds, len(kinds))
     for i in range(round(rate * duration_s)):
         due_s = i / rate
         await asyncio.sleep(max(0.0, start + due_s - time.monotonic()))
-        kind = rng.choices(kinds, cum_weights=cum_weights)[0]
+        kind = first[i] if i < len(first) else rng.choices(kinds, cum_weights=cum_weights)[0]
         call = kind.make(rng)
         if len(in_flight) >= max_in_flight:
             outcomes.append(Outcome(kind.name, kind.group, due_s, 0.0, 0.0, NOT_SENT, False))
