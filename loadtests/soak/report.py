@@ -13,7 +13,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt
 
-from loadtests.soak.bounds import MIB, Bounds, p99_first_last
+from loadtests.soak.bounds import (
+    MIB,
+    Bounds,
+    fds_not_clients,
+    medians_first_last,
+    metrics_used_kib,
+    p99_first_last,
+    rss_mib,
+)
 from loadtests.soak.samples import Sample
 from loadtests.soak.traffic import GROUPS
 from loadtests.soak.windows import SoakRun, Window
@@ -94,43 +102,45 @@ def write_csv(run: SoakRun, path: Path) -> None:
             writer.writerow(column.value(window, previous) for column in COLUMNS)
 
 
-def _growth(what: str, unit: str, values: tuple[float, float, float]) -> str:
-    """One line of the summary: a measure at the start, after the warm-up and at the end."""
-    start, base, end = values
+def _growth(
+    what: str, unit: str, run: SoakRun, bounds: Bounds, value: Callable[[Sample], float]
+) -> str:
+    """A summary line: the measure at the start, after the warm-up and at the end, and the
+    medians over the first and the last windows after the warm-up that the bounds compare."""
+    start, base, end = (value(s) for s in (run.start, run.baseline, run.end))
+    first, last = medians_first_last(run, bounds, value)
     return (
-        f"{what:<13}start {start:.1f}{unit}, after warm-up {base:.1f}{unit}, end {end:.1f}{unit} "
-        f"({end - base:+.1f}{unit} after warm-up)"
+        f"{what:<17}start {start:.1f}{unit}, after warm-up {base:.1f}{unit}, end {end:.1f}{unit}; "
+        f"medians first/last windows {first:.1f} -> {last:.1f}{unit} ({last - first:+.1f})"
     )
 
 
 def summary(run: SoakRun, bounds: Bounds) -> list[str]:
-    points = (run.start, run.baseline, run.end)
     sent = sum(kind.sent for kind in run.kinds.values())
     groups = {g: sum(w.by_group[g] for w in run.windows) for g in GROUPS}
     first, last = p99_first_last(run, bounds)
     cpu = [_cpu_percent(window, previous) for window, previous in _with_previous(run)]
     stall = [_stall_percent(window, previous) for window, previous in _with_previous(run)]
     return [
-        f"duration     {run.duration_s:.0f} s (warm-up {run.warmup_s:.0f} s, "
+        f"duration         {run.duration_s:.0f} s (warm-up {run.warmup_s:.0f} s, "
         f"{len(run.windows)} windows)",
-        f"rate         offered {run.rate_offered:.1f} req/s, "
+        f"rate             offered {run.rate_offered:.1f} req/s, "
         f"achieved {run.rate_achieved:.1f} req/s",
-        f"requests     {sent}: " + ", ".join(f"{g} {n}" for g, n in groups.items()),
-        _growth("RSS (tree)", " MiB", tuple(s.rss_bytes / MIB for s in points)),
-        _growth("PSS (tree)", " MiB", tuple(s.pss_bytes / MIB for s in points)),
-        _growth("open fds", "", tuple(s.fds for s in points))
-        + "; client connections "
-        + " / ".join(str(s.client_connections) for s in points),
-        _growth("metrics used", " KiB", tuple(s.metrics_used_bytes / 1024 for s in points))
+        f"requests         {sent}: " + ", ".join(f"{g} {n}" for g, n in groups.items()),
+        _growth("RSS (tree)", " MiB", run, bounds, rss_mib),
+        _growth("PSS (tree)", " MiB", run, bounds, lambda sample: sample.pss_bytes / MIB),
+        _growth("open fds", "", run, bounds, lambda sample: sample.fds),
+        _growth("fds not clients'", "", run, bounds, fds_not_clients),
+        _growth("metrics used", " KiB", run, bounds, metrics_used_kib)
         + f"; {run.start.metrics_files} -> {run.end.metrics_files} files, "
         f"{run.start.metrics_file_bytes / 1024:.0f} -> {run.end.metrics_file_bytes / 1024:.0f} "
         "KiB on disk",
-        f"p99 (valid)  median of the first windows after warm-up {first:.1f} ms, "
+        f"p99 (valid)      median of the first windows after warm-up {first:.1f} ms, "
         f"of the last windows {last:.1f} ms",
-        f"CPU          server {statistics.median(cpu):.0f}% of a core (median of the windows), "
+        f"CPU              server {statistics.median(cpu):.0f}% of a core (median of the windows), "
         f"this client {run.client_cpu_percent:.0f}%; the machine had a task waiting for a CPU "
         f"{statistics.median(stall):.0f}% of the time (median; Linux PSI: other work)",
-        f"errors       {run.errors}"
+        f"errors           {run.errors}"
         + "".join(
             f"\n  {kind}: {answer} x{n}" for (kind, answer), n in run.errors_by_answer.items()
         ),
