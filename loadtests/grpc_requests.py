@@ -1,19 +1,21 @@
 """Open Inference Protocol gRPC request messages, shared by the locust gRPC user
-(grpc_user.py) and the soak test (loadtests/soak). Needs the tabserve package for the stubs;
-no locust, no gevent, so asyncio clients can import it too.
+(grpc_user.py, with tabserve's stubs) and the soak test (loadtests/soak, with tritonclient's).
+
+Both stub modules define the protobuf package `inference` with the same messages, and one
+process's descriptor pool cannot hold both (docs/protocols.md): the caller passes the generated
+module it uses. No locust, no gevent, so asyncio clients can import this too.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
-
-from tabserve.protocols.grpc import inference_pb2 as pb
 
 CONTENTS_FIELD = {"INT64": "int64_contents", "BOOL": "bool_contents", "FP64": "fp64_contents"}
 
 
-def infer_request(model: str, inputs: list[tuple[str, str, list[Any]]]) -> pb.ModelInferRequest:
-    """A ModelInferRequest of (feature, datatype, one value per row) inputs, e.g. what
+def infer_request(pb: ModuleType, model: str, inputs: list[tuple[str, str, list[Any]]]) -> Any:
+    """A `pb.ModelInferRequest` of (feature, datatype, one value per row) inputs, e.g. what
     payloads.oip_inputs gives: every input of shape [rows]."""
     request = pb.ModelInferRequest(model_name=model)
     for name, datatype, values in inputs:

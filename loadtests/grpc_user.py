@@ -17,6 +17,7 @@ from grpc_requests import infer_request
 from locust import User, constant, task
 from payloads import complete_rows, oip_inputs
 
+from tabserve.protocols.grpc import inference_pb2 as pb
 from tabserve.protocols.grpc import inference_pb2_grpc
 
 # grpcio's blocking calls would stall every greenlet of this locust process without this.
@@ -44,7 +45,7 @@ class GrpcInferUser(User):
         self.channel = grpc.insecure_channel(grpc_target(self.host or ""))
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.requests = [
-            infer_request("churn", oip_inputs("churn", [row])) for row in complete_rows("churn")
+            infer_request(pb, "churn", oip_inputs("churn", [row])) for row in complete_rows("churn")
         ]
         self.sent = 0
 

@@ -26,6 +26,11 @@ from typing import Any
 import aiohttp
 import grpc
 
+# tritonclient's generated stubs, not tabserve's: the same `inference` package, and the test
+# suite (which runs the soak in-process) imports tritonclient's; one process cannot hold both.
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
 from loadtests.grpc_requests import infer_request
 from loadtests.payloads import (
     MODEL_NAMES,
@@ -36,8 +41,6 @@ from loadtests.payloads import (
     oip_json_body,
     single_row_bodies,
 )
-from tabserve.protocols.grpc import inference_pb2 as pb
-from tabserve.protocols.grpc import inference_pb2_grpc
 
 GROUPS = ("valid", "invalid", "malformed", "oversized", "unknown_path")
 # A healthy answer takes milliseconds; the server's own worst case is twice the runner deadline
@@ -103,7 +106,7 @@ def _valid_kinds() -> list[Kind]:
         for row in rows[model]
     ]
     grpc_calls: list[Call] = [
-        infer_request(model, oip_inputs(model, [row]))
+        infer_request(pb, model, oip_inputs(model, [row]))
         for model in MODEL_NAMES
         for row in rows[model]
     ]
@@ -157,7 +160,7 @@ def _refused_kinds(max_body_bytes: int) -> list[Kind]:
             "invalid",
             2,
             frozenset({"INVALID_ARGUMENT"}),
-            _one_of([infer_request("churn", oip_inputs("churn", [bad_row]))]),
+            _one_of([infer_request(pb, "churn", oip_inputs("churn", [bad_row]))]),
         ),
         Kind(
             "tabpy script rejected",
@@ -230,7 +233,7 @@ class Client:
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
         )
         self.channel = grpc.aio.insecure_channel(self.grpc_target)
-        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
