@@ -145,6 +145,17 @@ bench: install $(MLSERVER_VENV)/.installed ## ~13 min: tabserve vs Flask, gunico
 	$(BIN)/python train.py --if-missing
 	$(BIN)/python -m loadtests.bench.run
 
+# --- Soak test: a real server under open-loop mixed traffic for minutes (loadtests/README.md) -----
+.PHONY: soak
+SOAK_DURATION ?= 600
+SOAK_RATE     ?= 40
+# e.g. SOAK_ARGS="--warmup 30 --max-rss-growth-mib 32"; every option: python -m loadtests.soak -h
+SOAK_ARGS     ?=
+
+soak: install ## SOAK_DURATION s (600) at SOAK_RATE req/s (40): memory, fds, metrics, p99 over time; reports/soak/
+	$(BIN)/python train.py --if-missing
+	$(BIN)/python -m loadtests.soak --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
+
 # --- A real single-node Kubernetes cluster on this machine (scripts/cluster/, docs/deploy.md) ----
 .PHONY: cluster cluster-down cluster-status cluster-deploy e2e
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
+from grpc_requests import infer_request
 from locust import User, constant, task
 from payloads import complete_rows, oip_inputs
 
@@ -22,19 +23,7 @@ from tabserve.protocols.grpc import inference_pb2_grpc
 # grpcio's blocking calls would stall every greenlet of this locust process without this.
 grpc_gevent.init_gevent()
 
-CONTENTS_FIELD = {"INT64": "int64_contents", "BOOL": "bool_contents", "FP64": "fp64_contents"}
 TIMEOUT_S = 10.0
-
-
-def infer_request(model: str, row: dict) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model)
-    for name, datatype, values in oip_inputs(model, [row]):
-        tensor = request.inputs.add(name=name, datatype=datatype, shape=[1])
-        if datatype == "BYTES":
-            tensor.contents.bytes_contents.extend(value.encode() for value in values)
-        else:
-            getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(values)
-    return request
 
 
 def grpc_target(host: str) -> str:
@@ -55,7 +44,9 @@ class GrpcInferUser(User):
     def on_start(self) -> None:
         self.channel = grpc.insecure_channel(grpc_target(self.host or ""))
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.requests = [infer_request("churn", row) for row in complete_rows("churn")]
+        self.requests = [
+            infer_request(pb, "churn", oip_inputs("churn", [row])) for row in complete_rows("churn")
+        ]
         self.sent = 0
 
     def on_stop(self) -> None:

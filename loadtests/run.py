@@ -38,12 +38,19 @@ def target(host: str | None, grpc_target: str | None, out: Path) -> Iterator[tup
     if host:
         yield host, grpc_target or ""
         return
+    with local_server(out) as server:
+        yield server.url, f"127.0.0.1:{server.grpc_port}"
+
+
+@contextlib.contextmanager
+def local_server(out: Path) -> Iterator[ServerProcess]:
+    """`bentoml serve` on free ports, its log and BentoML home in `out`, stopped after."""
     # The server links the models of this BentoML home (BentoML's default one unless set).
     os.environ.setdefault("BENTOML_HOME", str(Path.home() / "bentoml"))
     started = time.monotonic()
     with ServerProcess.start(out / "server.log") as server:
         print(f"local server {server.url} ready in {time.monotonic() - started:.1f} s")
-        yield server.url, f"127.0.0.1:{server.grpc_port}"
+        yield server
 
 
 def run_locust(args: argparse.Namespace, host: str, grpc_target: str, out: Path) -> None:

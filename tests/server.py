@@ -108,6 +108,11 @@ class ServerProcess:
         return f"{self.url}/metrics"
 
     @property
+    def metrics_dir(self) -> Path:
+        """Where BentoML's processes write their Prometheus samples (one mmap file each)."""
+        return self.home / "prometheus_multiproc_dir"
+
+    @property
     def port(self) -> int:
         return int(self.url.rpartition(":")[2])
 

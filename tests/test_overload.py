@@ -26,6 +26,7 @@ import pytest
 import tritonclient.grpc as tc
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.soak.windows import percentile_ms
 from tabserve.catalog import MODELS
 from tests.oip_tensors import infer_inputs
 from tests.raw_http import Connection, request_bytes
@@ -45,15 +46,8 @@ def metric_total(server: ServerProcess, name: str, **labels: str) -> float:
     )
 
 
-def percentile_ms(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def multiprocess_bytes(server: ServerProcess) -> int:
-    return sum(f.stat().st_size for f in (server.home / "prometheus_multiproc_dir").iterdir())
+    return sum(f.stat().st_size for f in server.metrics_dir.iterdir())
 
 
 # --- A: unknown paths ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Run one server, load it with locust, and measure it from the outside.
 
-CPU seconds and resident memory are summed over the server's whole process tree (BentoML's
-API and runner workers, gunicorn's workers, MLServer's inference pool), sampled by psutil.
+CPU seconds, resident memory and open file descriptors are summed over the server's whole
+process tree (BentoML's API and runner workers, gunicorn's workers, MLServer's inference pool),
+sampled by psutil.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ READY_TIMEOUT_S = 120
 MEMORY_SAMPLE_S = 0.2
 
 
-def _tree(root: psutil.Process) -> list[psutil.Process]:
+def process_tree(root: psutil.Process) -> list[psutil.Process]:
     with contextlib.suppress(psutil.NoSuchProcess):
         return [root, *root.children(recursive=True)]
     return []
@@ -37,7 +38,7 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
 def cpu_seconds(root: psutil.Process) -> float:
     """User + system CPU time of the process and all its live descendants."""
     total = 0.0
-    for process in _tree(root):
+    for process in process_tree(root):
         with contextlib.suppress(psutil.NoSuchProcess):
             times = process.cpu_times()
             total += times.user + times.system
@@ -49,12 +50,21 @@ def memory_bytes(root: psutil.Process) -> tuple[int, int]:
     maps it; PSS splits it between them, so its sum counts every page once (closer to what a
     pod's memory limit is charged)."""
     rss = pss = 0
-    for process in _tree(root):
+    for process in process_tree(root):
         with contextlib.suppress(psutil.NoSuchProcess):
             memory = process.memory_full_info()
             rss += memory.rss
             pss += memory.pss
     return rss, pss
+
+
+def open_fds(root: psutil.Process) -> int:
+    """Open file descriptors (files, sockets, pipes) summed over the tree."""
+    total = 0
+    for process in process_tree(root):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.num_fds()
+    return total
 
 
 class PeakMemory:
