@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 .PHONY: help install system-deps train serve test test-fast lint format constraints clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # The venv is rebuilt when the declared or pinned dependencies change.
 $(BIN)/.installed: pyproject.toml constraints.txt
