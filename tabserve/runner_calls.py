@@ -112,8 +112,7 @@ class MergedCalls:
     async def _send(self, batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]]) -> None:
         merged = batch[0][0] if len(batch) == 1 else [row for rows, _ in batch for row in rows]
         try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await call_with_retries(self._api, merged)
+            answer = await self._call_within_deadline(merged)
         except Exception as error:  # the runner's error is every caller's error
             for _, future in batch:
                 if not future.done():  # a caller that hung up has cancelled its future
@@ -124,3 +123,23 @@ class MergedCalls:
             if not future.done():
                 future.set_result(answer[start : start + len(rows)])
             start += len(rows)
+
+    async def _call_within_deadline(self, rows: list[Row]) -> np.ndarray:
+        """The runner's answer, or TimeoutError after timeout_s whatever the call does.
+
+        Not `asyncio.timeout` around the call: that ends the wait only once the call gives up on
+        being cancelled, and a client that swallows the cancellation (a wedged connection pool)
+        would hold this sender, and with it every later request for the model, for good."""
+        call = asyncio.ensure_future(call_with_retries(self._api, rows))
+        done, _ = await asyncio.wait({call}, timeout=self._timeout_s)
+        if not done:
+            call.cancel()  # best effort; its outcome is nobody's any more
+            call.add_done_callback(_forget)
+            raise TimeoutError(f"the model runner did not answer within {self._timeout_s:g} s")
+        return call.result()
+
+
+def _forget(call: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so asyncio does not log it as never retrieved."""
+    if not call.cancelled():
+        call.exception()

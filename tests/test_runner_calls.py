@@ -168,6 +168,34 @@ def test_a_runner_that_does_not_answer_in_time_fails_the_call_with_timeout() -> 
         asyncio.run(calls.predict([[1.0]]))
 
 
+def test_a_call_that_swallows_its_cancellation_still_times_out_and_frees_the_model() -> None:
+    """A wedged client that ignores cancellation must not hold the model's sender: with
+    `asyncio.timeout` around the call, these callers waited as long as the call (here 2 s; in
+    the soak test, for good) instead of timeout_s."""
+
+    async def wedged(rows: list[list[float]]) -> Any:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + 2
+        while loop.time() < give_up_at:
+            try:
+                await asyncio.sleep(give_up_at - loop.time())
+            except asyncio.CancelledError:
+                continue  # swallowed
+        return _expected(rows)
+
+    calls = MergedCalls(wedged, max_rows=1000, max_in_flight=1, timeout_s=0.05)
+
+    async def scenario() -> tuple[list[Any], list[Any], float]:
+        started = asyncio.get_running_loop().time()
+        first = await _predict_all(calls, _requests(3))
+        second = await _predict_all(calls, _requests(2))  # a new sender: the model is free
+        return first, second, asyncio.get_running_loop().time() - started
+
+    first, second, took_s = asyncio.run(scenario())
+    assert all(isinstance(answer, TimeoutError) for answer in [*first, *second])
+    assert took_s < 1.0, f"the callers waited {took_s:.2f} s"
+
+
 def test_rows_of_callers_that_hung_up_are_never_sent() -> None:
     runner = RecordingRunner(delay_s=0.05)
     calls = MergedCalls(runner, max_rows=1000, max_in_flight=1, timeout_s=5)
