@@ -6,8 +6,11 @@ check failing on made-up series that break each bound.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
+import random
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +21,16 @@ from loadtests.soak.bounds import MIB, Bounds, check
 from loadtests.soak.report import write_reports
 from loadtests.soak.run import Options, soak
 from loadtests.soak.samples import Sample
-from loadtests.soak.traffic import GROUPS
+from loadtests.soak.traffic import (
+    GROUPS,
+    LATE,
+    MAX_LAG_S,
+    NOT_SENT,
+    HttpCall,
+    Kind,
+    Outcome,
+    open_loop,
+)
 from loadtests.soak.windows import KindStats, SoakRun, Window
 from loadtests.thresholds import Check
 from tests.server import ServerProcess
@@ -59,6 +71,58 @@ def test_the_soak_writes_a_row_per_window_and_a_plot(short_soak) -> None:
     assert {"p99_ms", "rss_mib", "fds", "metrics_used_kib", "errors"} <= set(rows[0])
     assert (out / "soak.png").stat().st_size > 20_000
     assert "bounds:" in (out / "summary.txt").read_text()
+
+
+# --- the open loop, with a stand-in client ------------------------------------------------------
+class StandIn:
+    """Answers "200" to everything, once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.release.set()
+        self.calls = 0
+
+    async def answer(self, call: object) -> str:
+        self.calls += 1
+        await self.release.wait()
+        return "200"
+
+
+ONE_KIND = [Kind("v1 predict", "valid", 1, frozenset({"200"}), lambda rng: HttpCall("GET", "/"))]
+
+
+def _open_loop(client: StandIn, behind_s: float, rate: float, duration_s: float, limit: int):
+    outcomes: list[Outcome] = []
+    schedule = (time.monotonic() - behind_s, rate, duration_s)
+    run = open_loop(client, ONE_KIND, schedule, limit, random.Random(0), outcomes)
+    return run, outcomes
+
+
+def test_a_client_behind_its_schedule_does_not_fire_the_backlog() -> None:
+    """A client that wakes 10 s late (a paused machine) skips what is over 2 s overdue."""
+    client = StandIn()
+    run, outcomes = _open_loop(client, behind_s=10, rate=20, duration_s=10.5, limit=128)
+    asyncio.run(run)
+    late = [o for o in outcomes if o.answer == LATE]
+    assert len(outcomes) == 210
+    assert 155 <= len(late) <= 165  # due in the first ~8 s
+    assert client.calls == len(outcomes) - len(late)
+    assert all(o.ok and o.lag_s <= MAX_LAG_S for o in outcomes if o.sent)
+
+
+def test_requests_in_flight_are_bounded() -> None:
+    client = StandIn()
+    client.release.clear()
+
+    async def stalled_server() -> None:
+        run, outcomes = _open_loop(client, behind_s=0, rate=100, duration_s=0.1, limit=3)
+        asyncio.get_running_loop().call_later(0.5, client.release.set)
+        await run
+        assert [o.answer for o in outcomes].count(NOT_SENT) == 7
+        assert sum(o.ok for o in outcomes) == 3
+
+    asyncio.run(stalled_server())
+    assert client.calls == 3
 
 
 # --- the bounds, on made-up series --------------------------------------------------------------
@@ -104,6 +168,7 @@ def _run(
                 sample=_sample(t, **changes),
                 by_group=dict.fromkeys(GROUPS, 20),
                 errors=0,
+                late=0,
                 lag_max_ms=1.0,
                 valid_latencies_s=(0.005,) * 99 + (latency,) * 2,
             )
@@ -118,6 +183,7 @@ def _run(
         client_cpu_percent=5.0,
         kinds={"v1 predict": KindStats(2000, 5.0, 20.0)},
         errors_by_answer=Counter(),
+        late=0,
     )
 
 
@@ -154,6 +220,7 @@ def test_a_flat_series_keeps_every_bound() -> None:
             "request kinds never sent",
         ),
         (dataclasses.replace(_run(), rate_achieved=15.0), "rate achieved / offered"),
+        (dataclasses.replace(_run(), late=1), "requests not sent: client over 2 s late"),
         (_restarted(_run()), "server processes (none restarted)"),
     ],
 )

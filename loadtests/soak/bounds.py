@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from loadtests.soak.samples import Sample
+from loadtests.soak.traffic import MAX_LAG_S
 from loadtests.soak.windows import SoakRun, Window
 from loadtests.thresholds import Check
 
@@ -114,6 +115,13 @@ def check(run: SoakRun, bounds: Bounds) -> list[Check]:
             run.errors <= bounds.max_errors,
         ),
         Check("request kinds never sent", "none", ", ".join(unsent) or "none", not unsent),
+        # Not the server's fault, but the run did not offer the load it claims: it fails.
+        Check(
+            f"requests not sent: client over {MAX_LAG_S:.0f} s late",
+            "0",
+            str(run.late),
+            run.late == 0,
+        ),
         Check(
             "rate achieved / offered",
             f">= {bounds.min_rate_ratio}",

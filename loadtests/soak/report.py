@@ -23,7 +23,7 @@ from loadtests.soak.bounds import (
     rss_mib,
 )
 from loadtests.soak.samples import Sample
-from loadtests.soak.traffic import GROUPS
+from loadtests.soak.traffic import GROUPS, MAX_LAG_S
 from loadtests.soak.windows import SoakRun, Window
 from loadtests.thresholds import Check
 
@@ -59,6 +59,7 @@ COLUMNS = [
     Column("  sent", "d", lambda w, _: w.sent),
     *(_group_column(group) for group in GROUPS),
     Column("errors", "d", lambda w, _: w.errors),
+    Column("late", "d", lambda w, _: w.late),
     Column("lag_max_ms", ".1f", lambda w, _: w.lag_max_ms),
     Column(" p50_ms", ".1f", lambda w, _: w.p50_ms),
     Column(" p99_ms", ".1f", lambda w, _: w.p99_ms),
@@ -140,6 +141,8 @@ def summary(run: SoakRun, bounds: Bounds) -> list[str]:
         f"CPU              server {statistics.median(cpu):.0f}% of a core (median of the windows), "
         f"this client {run.client_cpu_percent:.0f}%; the machine had a task waiting for a CPU "
         f"{statistics.median(stall):.0f}% of the time (median; Linux PSI: other work)",
+        f"client           lagged at most {max(w.lag_max_ms for w in run.windows):.0f} ms "
+        f"behind its schedule; {run.late} requests not sent (over {MAX_LAG_S:.0f} s late)",
         f"errors           {run.errors}"
         + "".join(
             f"\n  {kind}: {answer} x{n}" for (kind, answer), n in run.errors_by_answer.items()

@@ -16,7 +16,7 @@ import psutil
 
 from loadtests.soak.report import header, row
 from loadtests.soak.samples import Sample, take_sample
-from loadtests.soak.traffic import NOT_SENT, Client, Kind, Outcome, open_loop, request_kinds
+from loadtests.soak.traffic import LATE, Client, Kind, Outcome, open_loop, request_kinds
 from loadtests.soak.windows import SoakRun, kind_stats, window
 from tabserve.settings import get_settings
 from tests.server import ServerProcess
@@ -111,7 +111,8 @@ async def _soak(
         windows=[window(outcomes, sample, options.window_s) for sample in samples],
         client_cpu_percent=100 * (time.process_time() - cpu_started) / (time.monotonic() - start),
         kinds=kind_stats([kind.name for kind in kinds], outcomes),
-        errors_by_answer=Counter((o.kind, o.answer) for o in outcomes if not o.ok),
+        errors_by_answer=Counter((o.kind, o.answer) for o in outcomes if o.server_error),
+        late=sum(o.answer == LATE for o in outcomes),
     )
 
 
@@ -137,5 +138,5 @@ async def _sample_windows(
 
 def _achieved_rate(outcomes: list[Outcome], rate: float) -> float:
     """Requests sent per second, from the first due time to the last send."""
-    sent = [o.due_s + o.lag_s for o in outcomes if o.answer != NOT_SENT]
+    sent = [o.due_s + o.lag_s for o in outcomes if o.sent]
     return len(sent) / (max(sent) + 1 / rate) if sent else 0.0

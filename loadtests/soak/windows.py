@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loadtests.soak.samples import Sample
-from loadtests.soak.traffic import GROUPS, NOT_SENT, Outcome
+from loadtests.soak.traffic import GROUPS, LATE, Outcome
 
 
 def percentile_ms(latencies_s: Sequence[float], fraction: float) -> float:
@@ -26,7 +26,8 @@ class Window:
     end_s: float
     sample: Sample
     by_group: dict[str, int]  # requests due in the window, per group
-    errors: int
+    errors: int  # not the expected answer (the client's own lateness apart)
+    late: int  # not sent: the client was over traffic.MAX_LAG_S behind its schedule
     lag_max_ms: float
     valid_latencies_s: tuple[float, ...] = field(repr=False)
 
@@ -51,7 +52,8 @@ def window(outcomes: Sequence[Outcome], sample: Sample, length_s: float) -> Wind
         end_s=sample.t_s,
         sample=sample,
         by_group={group: by_group[group] for group in GROUPS},
-        errors=sum(not o.ok for o in due),
+        errors=sum(o.server_error for o in due),
+        late=sum(o.answer == LATE for o in due),
         lag_max_ms=1000 * max((o.lag_s for o in due), default=0.0),
         valid_latencies_s=tuple(o.latency_s for o in due if o.group == "valid" and o.ok),
     )
@@ -68,7 +70,7 @@ def kind_stats(names: Sequence[str], outcomes: Sequence[Outcome]) -> dict[str, K
     """Per request kind, a kind never sent included (sent 0)."""
     stats = {}
     for name in names:
-        mine = [o for o in outcomes if o.kind == name and o.answer != NOT_SENT]
+        mine = [o for o in outcomes if o.kind == name and o.sent]
         latencies = [o.latency_s for o in mine if o.ok]
         stats[name] = KindStats(
             len(mine), percentile_ms(latencies, 0.50), percentile_ms(latencies, 0.99)
@@ -87,6 +89,7 @@ class SoakRun:
     client_cpu_percent: float  # of one core: the load generator's own CPU, sampler included
     kinds: dict[str, KindStats]
     errors_by_answer: Counter[tuple[str, str]]  # (kind, answer) of every error
+    late: int  # requests not sent: the client was over traffic.MAX_LAG_S behind
 
     @property
     def baseline(self) -> Sample:
