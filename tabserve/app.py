@@ -18,6 +18,7 @@ from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput, ServingError
 from tabserve.http_metrics import RestMetricsMiddleware
 from tabserve.protocols import tabpy, v1, v2
+from tabserve.runner_calls import CallerHungUp
 from tabserve.schemas import ErrorResponse, request_model
 from tabserve.web import mount_pages
 
@@ -98,6 +99,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
+    app.add_exception_handler(CallerHungUp, _client_disconnected)
     app.add_exception_handler(Exception, _unexpected_error)
     app.openapi = lambda: _openapi_with_request_schemas(app)  # type: ignore[method-assign]
     # Added last, so outermost: it also counts what the other middleware answer (e.g. 401).

@@ -41,6 +41,12 @@ HungUp = Callable[[], bool]
 caller_hung_up: ContextVar[HungUp | None] = ContextVar("caller_hung_up", default=None)
 Waiting = tuple[list[Row], "asyncio.Future[np.ndarray]", HungUp | None]
 
+
+class CallerHungUp(Exception):
+    """An HTTP caller hung up before its rows were sent: they never are. The HTTP app answers it
+    as any client disconnect (499, no traceback), not as a server error."""
+
+
 # Extra attempts after a connection-level failure calling the runner (see `call_with_retries`).
 CONNECTION_RETRIES = 3
 
@@ -103,7 +109,9 @@ class MergedCalls:
             if future.done():  # its caller was cancelled (gRPC cancels the handler)
                 continue
             if hung_up is not None and hung_up():
-                future.cancel()
+                # Not future.cancel(): a CancelledError escaping the handler is logged as an
+                # ASGI error and counted as a 500.
+                future.set_exception(CallerHungUp())
                 continue
             rows += len(waiting)
             batch.append((waiting, future))

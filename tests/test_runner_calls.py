@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tabserve.runner_calls import CONNECTION_RETRIES, MergedCalls, caller_hung_up
+from tabserve.runner_calls import CONNECTION_RETRIES, CallerHungUp, MergedCalls, caller_hung_up
 
 
 class RecordingRunner:
@@ -213,4 +213,4 @@ def test_rows_of_callers_that_hung_up_are_never_sent() -> None:
     answers = asyncio.run(scenario())
 
     assert runner.calls == [[[1.0]], [[3.0]]]
-    assert [type(answer) for answer in answers[1::2]] == [asyncio.CancelledError] * 2
+    assert [type(answer) for answer in answers[1::2]] == [CallerHungUp] * 2
