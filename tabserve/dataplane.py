@@ -6,7 +6,6 @@ this one object, so validation, the runner call and the response shape exist onc
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import ModelNotFound, ModelUnavailable
 from tabserve.instances import validated_rows
-from tabserve.runner_calls import MergedCalls
+from tabserve.runner_calls import MergedCalls, within_deadline
 from tabserve.schemas import ModelInfo, Row
 from tabserve.settings import get_settings
 
@@ -109,8 +108,7 @@ class DataPlane:
 
     async def _describe(self) -> None:
         with runner_faults_unavailable(self._timeout_s):
-            async with asyncio.timeout(self._timeout_s):
-                described = await self._runner.describe()
+            described = await within_deadline(self._runner.describe(), self._timeout_s)
         self._infos = {item["name"]: ModelInfo(**item) for item in described}
 
     async def ready(self) -> bool:

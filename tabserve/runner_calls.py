@@ -28,13 +28,14 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
 
 from tabserve.schemas import Row
 
+T = TypeVar("T")
 RunnerApi = Callable[[list[Row]], Awaitable[Any]]
 # Set per HTTP request by the admission middleware: true once the client has hung up.
 HungUp = Callable[[], bool]
@@ -120,10 +121,10 @@ class MergedCalls:
     async def _send(self, batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]]) -> None:
         merged = batch[0][0] if len(batch) == 1 else [row for rows, _ in batch for row in rows]
         try:
-            answer = await self._call_within_deadline(merged)
+            answer = await within_deadline(call_with_retries(self._api, merged), self._timeout_s)
         except Exception as error:  # the runner's error is every caller's error
             for _, future in batch:
-                if not future.done():  # a caller that hung up has cancelled its future
+                if not future.done():  # a cancelled caller, or one that hung up, has its answer
                     future.set_exception(error)
             return
         start = 0
@@ -132,19 +133,21 @@ class MergedCalls:
                 future.set_result(answer[start : start + len(rows)])
             start += len(rows)
 
-    async def _call_within_deadline(self, rows: list[Row]) -> np.ndarray:
-        """The runner's answer, or TimeoutError after timeout_s whatever the call does.
 
-        Not `asyncio.timeout` around the call: that ends the wait only once the call gives up on
-        being cancelled, and a client that swallows the cancellation (a wedged connection pool)
-        would hold this sender, and with it every later request for the model, for good."""
-        call = asyncio.ensure_future(call_with_retries(self._api, rows))
-        done, _ = await asyncio.wait({call}, timeout=self._timeout_s)
-        if not done:
-            call.cancel()  # best effort; its outcome is nobody's any more
-            call.add_done_callback(_forget)
-            raise TimeoutError(f"the model runner did not answer within {self._timeout_s:g} s")
-        return call.result()
+async def within_deadline(call: Awaitable[T], timeout_s: float) -> T:
+    """The call's result, or TimeoutError after timeout_s whatever the call does.
+
+    Not `asyncio.timeout` around the call: that ends the wait only once the call gives up on
+    being cancelled, and a client that swallows the cancellation (a wedged connection pool)
+    would hold the waiter for good: a model's sender and every later request for the model, or
+    the readiness check and with it /readyz and gRPC health."""
+    task = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()  # best effort; its outcome is nobody's any more
+        task.add_done_callback(_forget)
+        raise TimeoutError(f"the model runner did not answer within {timeout_s:g} s")
+    return task.result()
 
 
 def _forget(call: asyncio.Future[Any]) -> None:

@@ -154,7 +154,7 @@ class GrpcServer:
         self._protocol = protocol
         self._address = f"{settings.grpc_host}:{settings.grpc_port}"
         self._server = grpc.aio.server(
-            # Room for four of the largest messages per worker (~550 MB parsed at worst).
+            # Room for four of the largest messages per worker, each parsed at up to ~5x its size.
             interceptors=[_AuthAndMetrics(admission.MessageBudget(4 * settings.max_body_bytes))],
             options=[
                 ("grpc.so_reuseport", 1),
