@@ -158,6 +158,15 @@ class Settings(BaseSettings):
         description="Address the gRPC server listens on (BentoML's HTTP host is set separately, "
         "by `bentoml serve --host`).",
     )
+    grpc_max_connection_age_s: float = Field(
+        30.0,
+        ge=0,
+        description="A gRPC connection older than this is asked to go (a graceful GOAWAY: calls "
+        "in flight finish, the client reconnects for the next ones); 0 = never. gRPC clients "
+        "keep one connection, so without it they never reach pods added by a scale-out, and "
+        "stay on a terminating pod until its server stops, which cancels calls that race the "
+        "stop. The chart sets half the preStop pause, so every client has moved by SIGTERM.",
+    )
 
     # --- metrics (tabserve/metrics_server.py) ----------------------------------------------------
     metrics_port: int = Field(

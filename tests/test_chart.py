@@ -459,7 +459,10 @@ def test_rollouts_drop_no_requests(default_objects: list[Manifest]) -> None:
     hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     pause = int(re.fullmatch(r'touch "\$TABSERVE_DRAIN_FILE" && sleep (\d+)', hook[-1]).group(1))
     assert 0 < pause < pod["terminationGracePeriodSeconds"]
-    assert service_config(default_objects)["TABSERVE_DRAIN_FILE"].startswith("/tmp/")
+    config = service_config(default_objects)
+    assert config["TABSERVE_DRAIN_FILE"].startswith("/tmp/")
+    # gRPC clients rotated off within the pause, with room for gRPC's +10% jitter.
+    assert 0 < float(config["TABSERVE_GRPC_MAX_CONNECTION_AGE_S"]) * 1.1 < pause - 2
     assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert only(default_objects, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -36,6 +37,7 @@ from tests.server import PROJECT, ServerProcess
 TOKEN = "grpc-test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SERVICE = "inference.GRPCInferenceService"
+MAX_CONNECTION_AGE_S = 1.0
 
 
 class Served:
@@ -54,6 +56,8 @@ def served(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "TABSERVE_GRPC_HOST": "127.0.0.1",
         # With the trailing newline a Secret's value often has: not part of the token.
         "TABSERVE_API_TOKEN": f"{TOKEN}\n",
+        # Every test here then also runs across connection rotations.
+        "TABSERVE_GRPC_MAX_CONNECTION_AGE_S": str(MAX_CONNECTION_AGE_S),
     }
     log = tmp_path_factory.mktemp("grpc") / "bentoml-serve.log"
     with ServerProcess.start(log, env=env) as server:
@@ -218,6 +222,37 @@ BAD_REQUESTS = {
         "raw_input_contents has 1 entries for 4 inputs",
     ),
 }
+
+
+def test_an_aged_connection_is_replaced_without_failing_a_call(served: Served) -> None:
+    """The server sends GOAWAY to connections older than the maximum age; a client busy on one
+    channel reconnects and loses no call, as a client of a terminating pod must not (the chart
+    rotates connections every half preStop pause so all have moved by SIGTERM)."""
+    channel = grpc.insecure_channel(served.address)
+    states: list[grpc.ChannelConnectivity] = []
+    channel.subscribe(states.append)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    calls, failures = 0, []
+    deadline = time.monotonic() + 4 * MAX_CONNECTION_AGE_S
+    with channel, ThreadPoolExecutor(4) as callers:
+        while time.monotonic() < deadline:
+            futures = [
+                callers.submit(
+                    stub.ModelInfer, _typed_request(), metadata=tuple(AUTH.items()), timeout=10
+                )
+                for _ in range(4)
+            ]
+            for future in futures:
+                calls += 1
+                try:
+                    future.result()
+                except grpc.RpcError as error:
+                    failures.append(f"{error.code()}: {error.details()}")
+        channel.unsubscribe(states.append)
+    connections = states.count(grpc.ChannelConnectivity.READY)
+    print(f"{calls} calls over {connections} connections, {len(failures)} failed")
+    assert failures == [], failures[:5]
+    assert connections >= 3, states  # one per age (+-10% jitter) over 4 ages
 
 
 @pytest.mark.parametrize("request_, message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())

@@ -13,6 +13,10 @@ every HEALTH_RECHECK_S): NOT_SERVING until then, SERVING, NOT_SERVING again whil
 stops answering and once shutdown begins. Inference RPCs share the worker's admission limit
 with HTTP (tabserve/admission.py): the excess is refused at once with RESOURCE_EXHAUSTED.
 
+Connections older than `grpc_max_connection_age_s` get a graceful GOAWAY, so clients reconnect
+through the Kubernetes Service: onto pods added since, and off a terminating pod before its
+server stops (calls that reach a stopping grpc.aio server are answered CANCELLED).
+
 With a token configured (TABSERVE_API_TOKEN or TABSERVE_API_TOKEN_FILE), every inference RPC but
 ServerLive and ServerReady needs `authorization: Bearer <token>` metadata, as every /v2 REST route
 but the health ones does.
@@ -160,6 +164,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1),
                 # The same request size limit as the HTTP routes.
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
+                *_connection_age_options(settings.grpc_max_connection_age_s),
             ],
         )
         self._health = health.aio.HealthServicer()
@@ -212,6 +217,17 @@ class GrpcServer:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in ("", SERVICE_NAME):  # "": the whole server, as probes ask
             await self._health.set(service, status)
+
+
+def _connection_age_options(max_age_s: float) -> list[tuple[str, int]]:
+    """Clients are moved to a fresh connection every max_age_s (gRPC adds +-10% jitter so they
+    do not all reconnect at once); the calls in flight on the old one get SHUTDOWN_GRACE_S."""
+    if not max_age_s:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", round(max_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(SHUTDOWN_GRACE_S * 1000)),
+    ]
 
 
 def _worker_is_set_up() -> bool:
