@@ -59,5 +59,8 @@ def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[st
 
 
 def serving_container(deployment: Manifest) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    """The chart's own container of the serving pod (sidecars may stand beside it)."""
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "tabserve"
+    ]
     return container
