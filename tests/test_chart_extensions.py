@@ -1,7 +1,7 @@
 """The chart's extension points, the ones a platform team expects of a chart it adopts: extra
 environment, volumes and containers, raw scheduling and autoscaling fields, labels and
 annotations on every object, Service traffic policies, the PodDisruptionBudget's other fields,
-a pod without a CPU limit.
+a pod without a CPU limit, and the replica count kept when autoscaling takes over.
 
 Every value is rendered by Helm's own engine and the objects validated against the Kubernetes
 schemas of the oldest and newest supported versions, as tests/test_chart.py does for the value
@@ -19,12 +19,15 @@ import pytest
 import yaml
 
 from tests.chart import crd_schemas
+from tests.chart.fake_apiserver import deployment, fake_apiserver
 from tests.chart.manifests import (
     CHART,
     CI_VALUES,
+    NAMESPACE,
     RELEASE,
     Manifest,
     load_values,
+    manifests,
     only,
     pod_templates,
     render,
@@ -337,6 +340,62 @@ def test_a_pod_without_cpu_limit_takes_its_worker_counts_from_the_values() -> No
     config = service_config(objects)
     counts = ("TABSERVE_API_WORKERS", "TABSERVE_RUNNER_WORKERS", "TABSERVE_MODEL_THREADS")
     assert [config[key] for key in counts] == ["1", "1", "2"]
+
+
+# --- the replica count when an autoscaler owns it ------------------------------------------------
+
+
+def _rendered_replicas(values: dict[str, Any], live: list[dict[str, Any]] | None) -> int | None:
+    """spec.replicas of the Deployment as Helm renders it: offline (`helm template`, live None)
+    or against an API server whose namespace holds the `live` Deployments."""
+    if live is None:
+        return only(render(values), "Deployment")["spec"].get("replicas")
+    chart = helm_python.Chart.load(CHART)
+    with (
+        fake_apiserver(NAMESPACE, live) as url,
+        helm_python.Config(kube_apiserver=url, namespace=NAMESPACE) as config,
+    ):
+        rendered = config.render(chart, values, name=RELEASE, namespace=NAMESPACE)
+    return only(manifests(rendered), "Deployment")["spec"].get("replicas")
+
+
+AUTOSCALED = {"autoscaling": {"enabled": True, "minReplicas": 3}}
+REPLICA_CASES = [
+    # Fixed count: always replicaCount.
+    ({"autoscaling": {"enabled": False}, "replicaCount": 4}, None, 4),
+    ({"autoscaling": {"enabled": False}, "replicaCount": 4}, [deployment(RELEASE, 7)], 4),
+    # No cluster (helm template, GitOps, k8s/base): left out, so applies never reset the HPA.
+    (AUTOSCALED, None, None),
+    ({"keda": {"enabled": True}}, None, None),
+    # Installing: minReplicas, kept in the revision for a later rollback to it.
+    (AUTOSCALED, [], 3),
+    (AUTOSCALED, [deployment("another-app", 9)], 3),
+    # Upgrading (from fixed replicas or not): the live count, which the HPA keeps managing.
+    (AUTOSCALED, [deployment("another-app", 9), deployment(RELEASE, 5)], 5),
+    ({"keda": {"enabled": True}}, [deployment(RELEASE, 6)], 6),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "live", "expected"),
+    REPLICA_CASES,
+    ids=[
+        "fixed",
+        "fixed-live",
+        "hpa-offline",
+        "keda-offline",
+        "install",
+        "install-beside",
+        "upgrade",
+        "keda-upgrade",
+    ],
+)
+def test_replicas_survive_the_switch_to_autoscaling(
+    values: dict[str, Any], live: list[dict[str, Any]] | None, expected: int | None
+) -> None:
+    """Helm's three-way merge deleted spec.replicas on the switch from fixed replicas to the
+    HPA, and Kubernetes set 1: the release fell to one pod until the HPA acted."""
+    assert _rendered_replicas(values, live) == expected
 
 
 # --- bad values: the schema or a template check refuses them -------------------------------------

@@ -187,6 +187,38 @@ checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no
 {{- include "tabserve.checkovSkips" (concat $checks .extra) -}}
 {{- end -}}
 
+{{/*
+spec.replicas of the Deployment: replicaCount when the count is fixed. With an autoscaler (HPA or
+KEDA) the autoscaler owns the count, yet leaving the field out is not neutral under Helm: its
+three-way merge deletes a field the previous revision set and the new one lacks, and Kubernetes
+then defaults it to 1. Switching from fixed replicas to autoscaling (or `helm rollback` to a
+revision without the field) dropped the release to one pod until the HPA acted. Hence:
+- the Deployment exists: its current count (the HPA's), so the upgrade leaves it as it is;
+- an install against a cluster (no Deployment yet): minReplicas, which the stored revision keeps,
+  so a later rollback to it sets a count instead of deleting it;
+- no cluster (`helm template`, GitOps tools rendering with it, k8s/base, --dry-run=client: lookup
+  answers an empty map): left out, or every `kubectl apply` / sync would reset the HPA's count.
+The lookup lists Deployments (the empty list of a connected install still tells it apart from
+the empty map of no cluster): Helm's --wait needs that permission in the namespace anyway.
+*/}}
+{{- define "tabserve.replicas" -}}
+{{- if not (or .Values.autoscaling.enabled .Values.keda.enabled) -}}
+{{- .Values.replicaCount -}}
+{{- else -}}
+{{- $deployments := lookup "apps/v1" "Deployment" .Release.Namespace "" -}}
+{{- if $deployments -}}
+{{- $replicas := .Values.autoscaling.minReplicas -}}
+{{- $name := include "tabserve.fullname" . -}}
+{{- range $deployments.items -}}
+{{- if eq .metadata.name $name -}}
+{{- $replicas = .spec.replicas -}}
+{{- end -}}
+{{- end -}}
+{{- int $replicas -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* envFrom of the containers running the service's code (serving, batch): the chart's
 ConfigMap (config.*), then extraEnvFrom. Their `env` (extraEnv) wins over both. */}}
 {{- define "tabserve.envFrom" -}}
