@@ -24,7 +24,13 @@ def load_values(path: Path) -> dict[str, Any]:
 
 def render(values: dict[str, Any]) -> list[Manifest]:
     """Every object the chart renders with these values (NOTES.txt left out)."""
-    rendered = helm_python.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE)
+    return manifests(
+        helm_python.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE)
+    )
+
+
+def manifests(rendered: dict[str, str]) -> list[Manifest]:
+    """The objects of Helm's rendered templates (template path -> text), NOTES.txt left out."""
     return [
         manifest
         for template, text in sorted(rendered.items())
@@ -59,5 +65,8 @@ def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[st
 
 
 def serving_container(deployment: Manifest) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    """The chart's own container of the serving pod (sidecars may stand beside it)."""
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "tabserve"
+    ]
     return container

@@ -27,13 +27,38 @@ app.kubernetes.io/name: {{ include "tabserve.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The version of what runs: the image tag, or the chart's appVersion when the tag is empty. */}}
+{{- define "tabserve.version" -}}
+{{- default .Chart.AppVersion .Values.image.tag | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object the chart renders: the serving pods' selector labels, then the rest. */}}
 {{- define "tabserve.labels" -}}
-helm.sh/chart: {{ include "tabserve.chart" . }}
 {{ include "tabserve.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{ include "tabserve.releaseLabels" . }}
+{{- end -}}
+
+{{/* Every object label but the selector ones, commonLabels included: objects whose pods must not
+be selected by the serving Service (helm test, batch) add a name of their own. */}}
+{{- define "tabserve.releaseLabels" -}}
+helm.sh/chart: {{ include "tabserve.chart" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{ include "tabserve.componentLabels" (dict "context" . "component" "") }}
+{{- end -}}
+
+{{/*
+Labels of the pods (and, with an empty component, of every object): the version, the component
+(server, batch), commonLabels. Never in a selector, which is immutable: a version label there
+would make every upgrade fail. No helm.sh/chart on pods: a chart bump alone must not roll them.
+Usage: {{ include "tabserve.componentLabels" (dict "context" . "component" "server") }}
+*/}}
+{{- define "tabserve.componentLabels" -}}
+app.kubernetes.io/version: {{ include "tabserve.version" .context | quote }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
 app.kubernetes.io/part-of: tabserve
-{{- with .Values.commonLabels }}
+{{- with .context.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -96,10 +121,11 @@ Used by the serving pods and the helm test pod; each include renders nothing whe
 
 {{/*
 Whole cores of resources.limits.cpu, rounded down, at least 1: "500m" -> 1, "2" -> 2,
-2.5 -> 2, "4000m" -> 4. The worker rule in values.yaml starts from this number.
+2.5 -> 2, "4000m" -> 4. The worker rule in values.yaml starts from this number; only the counts
+left at 0 in values.workers need it, so a pod without a CPU limit sets all three.
 */}}
 {{- define "tabserve.cpuCores" -}}
-{{- $cpu := toString (required "resources.limits.cpu is required: worker and thread counts are derived from it" .Values.resources.limits.cpu) -}}
+{{- $cpu := toString (required "resources.limits.cpu is unset: set it, or set workers.api, workers.runner and workers.modelThreads (each count left at 0 is derived from the CPU limit)" (dig "limits" "cpu" "" .Values.resources)) -}}
 {{- if hasSuffix "m" $cpu -}}
 {{- max 1 (div (atoi (trimSuffix "m" $cpu)) 1000) -}}
 {{- else -}}
@@ -109,20 +135,32 @@ Whole cores of resources.limits.cpu, rounded down, at least 1: "500m" -> 1, "2" 
 
 {{/* Worker and thread counts: the explicit value, or the rule documented in values.yaml. */}}
 {{- define "tabserve.apiWorkers" -}}
-{{- $cores := int (include "tabserve.cpuCores" .) -}}
-{{- .Values.workers.api | default (max 1 (div $cores 2)) -}}
+{{- include "tabserve.workersOrHalfTheCores" (dict "context" . "count" .Values.workers.api) -}}
 {{- end -}}
 
 {{- define "tabserve.runnerWorkers" -}}
-{{- $cores := int (include "tabserve.cpuCores" .) -}}
-{{- .Values.workers.runner | default (max 1 (div $cores 2)) -}}
+{{- include "tabserve.workersOrHalfTheCores" (dict "context" . "count" .Values.workers.runner) -}}
+{{- end -}}
+
+{{/* `count` when set, else max(1, C / 2). An if, not `default`: the CPU limit is only read
+(and required) when the count is 0. */}}
+{{- define "tabserve.workersOrHalfTheCores" -}}
+{{- if .count -}}
+{{- .count -}}
+{{- else -}}
+{{- max 1 (div (int (include "tabserve.cpuCores" .context)) 2) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "tabserve.modelThreads" -}}
+{{- if .Values.workers.modelThreads -}}
+{{- .Values.workers.modelThreads -}}
+{{- else -}}
 {{- $cores := int (include "tabserve.cpuCores" .) -}}
 {{- $api := int (include "tabserve.apiWorkers" .) -}}
 {{- $runner := int (include "tabserve.runnerWorkers" .) -}}
-{{- .Values.workers.modelThreads | default (max 1 (div (sub $cores $api) $runner)) -}}
+{{- max 1 (div (sub $cores $api) $runner) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -147,6 +185,48 @@ checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no
 {{- define "tabserve.imageCheckovSkips" -}}
 {{- $checks := list "CKV_K8S_15" "CKV_K8S_40" "CKV_K8S_43" -}}
 {{- include "tabserve.checkovSkips" (concat $checks .extra) -}}
+{{- end -}}
+
+{{/*
+spec.replicas of the Deployment: replicaCount when the count is fixed. With an autoscaler (HPA or
+KEDA) the autoscaler owns the count, yet leaving the field out is not neutral under Helm: its
+three-way merge deletes a field the previous revision set and the new one lacks, and Kubernetes
+then defaults it to 1. Switching from fixed replicas to autoscaling (or `helm rollback` to a
+revision without the field) dropped the release to one pod until the HPA acted. Hence:
+- the Deployment exists: its current count (the HPA's), so the upgrade leaves it as it is;
+- an install against a cluster (no Deployment yet): minReplicas, which the stored revision keeps,
+  so a later rollback to it sets a count instead of deleting it;
+- no cluster (`helm template`, GitOps tools rendering with it, k8s/base, --dry-run=client: lookup
+  answers an empty map): left out, or every `kubectl apply` / sync would reset the HPA's count.
+The lookup lists Deployments (the empty list of a connected install still tells it apart from
+the empty map of no cluster): Helm's --wait needs that permission in the namespace anyway.
+*/}}
+{{- define "tabserve.replicas" -}}
+{{- if not (or .Values.autoscaling.enabled .Values.keda.enabled) -}}
+{{- .Values.replicaCount -}}
+{{- else -}}
+{{- $deployments := lookup "apps/v1" "Deployment" .Release.Namespace "" -}}
+{{- if $deployments -}}
+{{- $replicas := .Values.autoscaling.minReplicas -}}
+{{- $name := include "tabserve.fullname" . -}}
+{{- range $deployments.items -}}
+{{- if eq .metadata.name $name -}}
+{{- $replicas = .spec.replicas -}}
+{{- end -}}
+{{- end -}}
+{{- int $replicas -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* envFrom of the containers running the service's code (serving, batch): the chart's
+ConfigMap (config.*), then extraEnvFrom. Their `env` (extraEnv) wins over both. */}}
+{{- define "tabserve.envFrom" -}}
+- configMapRef:
+    name: {{ include "tabserve.fullname" . }}
+{{- with .Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* The bento's source directory in the image: `tabserve` is importable from there. */}}
