@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import yaml
+from helm_python import _native
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHART = PROJECT / "helm" / "tabserve"
@@ -22,9 +24,20 @@ def load_values(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict[str, Any]) -> list[Manifest]:
-    """Every object the chart renders with these values (NOTES.txt left out)."""
-    rendered = helm_python.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE)
+def render(values: dict[str, Any], api_versions: Sequence[str] = ()) -> list[Manifest]:
+    """Every object the chart renders with these values (NOTES.txt left out); api_versions are
+    the extra APIs the cluster serves (`helm template --api-versions`), e.g. CRDs' kinds."""
+    chart = helm_python.Chart.load(CHART)
+    if api_versions:
+        # helm-python-sdk 0.2's Chart.render does not pass api_versions on, but the Helm engine
+        # under it takes them (the same options struct as `helm template`).
+        options = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions)}
+        text = _native.call_string(
+            "helm_render", chart._raw(), json.dumps(values), json.dumps(options)
+        )
+        rendered = json.loads(text)
+    else:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE)
     return [
         manifest
         for template, text in sorted(rendered.items())
