@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import helm_python
@@ -74,3 +76,12 @@ def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[st
 def serving_container(deployment: Manifest) -> dict[str, Any]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container
+
+
+def k8s_generate() -> ModuleType:
+    """k8s/generate.py (`make k8s`), which is a script, not a package module."""
+    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
