@@ -4,12 +4,12 @@ Helm's own Go engine (helm-python-sdk) lints and renders every ci/*-values.yaml;
 validated against the Kubernetes schemas of the oldest and newest supported versions
 (kubernetes-validate) or its CRD's schema; cross-checks compare the chart with a real
 `bentoml serve` (probe paths, metrics, the prediction `helm test` makes); checkov scans the
-rendered manifests; the copies in the chart and k8s/ must equal what `make k8s` generates.
+rendered manifests; the copies in the chart must equal what `make k8s` generates (k8s/ itself:
+tests/test_kustomize.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -32,6 +32,7 @@ from tests.chart.manifests import (
     CI_VALUES,
     PROJECT,
     Manifest,
+    k8s_generate,
     load_values,
     only,
     pod_templates,
@@ -46,15 +47,7 @@ SUPPORTED_KUBERNETES = ("1.30.0", "1.37.0")
 HTTP_PORT = 3000  # BentoML's port, fixed for everyone (briefs/interfaces.md)
 
 
-def _generate_module() -> Any:
-    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _generate_module()
+generate = k8s_generate()
 
 
 @pytest.fixture(scope="module", params=CI_VALUES, ids=lambda path: path.name)
@@ -535,7 +528,7 @@ def test_the_helm_test_prediction_works_on_a_real_server(server) -> None:
     assert response.status_code == 200 and len(response.json()["predictions"]) == 1
 
 
-# --- generated copies and plain manifests -----------------------------------------------------
+# --- the chart's copies of observability/ (k8s/ is tests/test_kustomize.py's) -----------------
 
 
 def test_chart_copies_equal_the_observability_sources() -> None:
@@ -549,35 +542,6 @@ def test_chart_copies_equal_the_observability_sources() -> None:
             assert not copy.exists(), f"{copy} has no source: run `make k8s`"
     stray = set((CHART / "files" / "dashboards").glob("*.json")) - set(sources)
     assert not stray, f"dashboards without a source: {stray}; run `make k8s`"
-
-
-def test_kustomize_base_equals_the_rendered_chart() -> None:
-    expected = generate.render_base()
-    actual = {path.name: path.read_text() for path in generate.BASE.glob("*.yaml")}
-    assert actual.keys() == expected.keys(), "k8s/base is stale: run `make k8s`"
-    for name, content in expected.items():
-        assert actual[name] == content, f"k8s/base/{name} is stale: run `make k8s`"
-
-
-def test_overlay_patches_existing_base_objects() -> None:
-    overlay = PROJECT / "k8s" / "overlays" / "example"
-    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    base = {
-        (m["kind"], m["metadata"]["name"])
-        for path in generate.BASE.glob("*.yaml")
-        if path.name != "kustomization.yaml"
-        for m in yaml.safe_load_all(path.read_text())
-        if m
-    }
-    for resource in kustomization["resources"]:
-        assert (overlay / resource / "kustomization.yaml").exists()
-    for patch in kustomization["patches"]:
-        if "target" in patch:
-            target = (patch["target"]["kind"], patch["target"]["name"])
-        else:
-            document = yaml.safe_load((overlay / patch["path"]).read_text())
-            target = (document["kind"], document["metadata"]["name"])
-        assert target in base, f"{patch['path']} patches {target}, which the base lacks"
 
 
 # --- policy scan ----------------------------------------------------------------------------

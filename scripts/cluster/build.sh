@@ -83,6 +83,11 @@ build_prometheus() {
 build_helm() {
   build_module helm "$HELM_VERSION" "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 }
+# Not part of the cluster: tests/test_kustomize.py builds k8s/ with it (`build.sh kustomize`).
+build_kustomize() {
+  build_module kustomize "$KUSTOMIZE_VERSION" "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" \
+    kustomize=sigs.k8s.io/kustomize/kustomize/v5
+}
 
 components=("${@:-kubernetes etcd coredns metrics_server prometheus prometheus_adapter kube_state_metrics helm}")
 for component in ${components[*]}; do
