@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devtools.go_tools import go_tool
 from tests.chart import crd_schemas
 from tests.chart.manifests import PROJECT, Manifest, k8s_generate, only, render, service_config
 
@@ -33,11 +34,7 @@ generate = k8s_generate()
 @pytest.fixture(scope="module")
 def kustomize() -> Path:
     """The kustomize binary of scripts/cluster/versions.env, built once into the cluster cache."""
-    cluster = PROJECT / "scripts" / "cluster"
-    subprocess.run(["bash", cluster / "build.sh", "kustomize"], check=True, timeout=900)
-    where = f'. "{cluster}/common.sh"; echo "$CACHE/bin/kustomize-$KUSTOMIZE_VERSION/kustomize"'
-    return Path(subprocess.run(["bash", "-c", where], check=True, capture_output=True,
-                               text=True).stdout.strip())  # fmt: skip
+    return go_tool("kustomize", "kustomize")
 
 
 def build(kustomize: Path, directory: Path) -> list[Manifest]:
