@@ -85,11 +85,14 @@ observe: install system-deps ## serve with a local Prometheus scraping it (http:
 	$(BIN)/python -m observability.local_prometheus --target $(HOST):$(METRICS_PORT) --port $(PROMETHEUS_PORT)
 
 # --- Helm chart and plain manifests (helm/tabserve, k8s/) ----------------------------------------
-.PHONY: k8s checkov chart-test
+.PHONY: k8s chart-docs checkov chart-test
 CHECKOV_VENV := $(VENV)/checkov
 
 k8s: install ## copy observability files into the chart; regenerate k8s/base from the chart
 	$(BIN)/python k8s/generate.py
+
+chart-docs: install ## helm/tabserve/README.md and the schema's descriptions, from values.yaml's comments
+	$(BIN)/python helm/generate_docs.py
 
 checkov: $(CHECKOV_VENV)/.installed ## the policy scanner, in its own venv (it pins many packages)
 
