@@ -9,7 +9,6 @@ rendered manifests; the copies in the chart and k8s/ must equal what `make k8s` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from tests.chart.manifests import (
     CI_VALUES,
     PROJECT,
     Manifest,
+    generate,
     load_values,
     only,
     pod_templates,
@@ -44,17 +44,6 @@ from tests.declared_metrics import BENTOML, TABSERVE
 # Oldest and newest supported.
 SUPPORTED_KUBERNETES = ("1.30.0", "1.37.0")
 HTTP_PORT = 3000  # BentoML's port, fixed for everyone (briefs/interfaces.md)
-
-
-def _generate_module() -> Any:
-    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _generate_module()
 
 
 @pytest.fixture(scope="module", params=CI_VALUES, ids=lambda path: path.name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import helm_python
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -18,13 +19,28 @@ NAMESPACE = "serving"
 Manifest = dict[str, Any]
 
 
+def _generate_module() -> ModuleType:
+    """k8s/generate.py (`make k8s`), a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _generate_module()
+
+
 def load_values(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict[str, Any]) -> list[Manifest]:
-    """Every object the chart renders with these values (NOTES.txt left out)."""
-    rendered = helm_python.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE)
+def render(
+    values: dict[str, Any], api_versions: tuple[str, ...] = generate.CRD_APIS
+) -> list[Manifest]:
+    """Every object the chart renders with these values (NOTES.txt left out), on a cluster that
+    serves `api_versions` beside Kubernetes' own (by default the Prometheus Operator and KEDA)."""
+    rendered = generate.render(values, RELEASE, NAMESPACE, api_versions)
     return [
         manifest
         for template, text in sorted(rendered.items())
