@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from observability.local_prometheus import Prometheus
+from observability.local_prometheus import TARGET_LABELS, Prometheus
 from tabserve.catalog import MODELS
 from tests.dashboard_queries import (
     DASHBOARDS,
@@ -30,7 +30,7 @@ from tests.dashboard_queries import (
 from tests.data import instances
 from tests.declared_metrics import KNOWN_SERIES
 from tests.server import ServerProcess
-from tests.test_alerts import alerts
+from tests.test_alerts import rules
 
 # Bounded both ways: at most this many requests, for at most this long; long enough to span
 # several scrapes, since rate() only sees what grows between two of them.
@@ -154,9 +154,20 @@ def test_panel_query_returns_data(
 def test_alert_rules_load_and_evaluate_cleanly(prometheus: Prometheus) -> None:
     time.sleep(1.5)  # at least one evaluation round (interval 1 s)
     groups = prometheus.api("rules")["data"]["groups"]
-    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert set(rules) == {rule["alert"] for rule in alerts()}
-    for name, rule in rules.items():
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(loaded) == {rule.get("alert", rule.get("record")) for rule in rules()}
+    for name, rule in loaded.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
-    for healthy in ("TabserveModelNotLoaded", "TabserveHighErrorRatio"):
-        assert rules[healthy]["state"] == "inactive", rules[healthy]
+    # The rules select the scrape's target labels: a healthy server trips none of these.
+    for healthy in (
+        "TabserveModelNotLoaded",
+        "TabserveHighErrorRatio",
+        "TabserveTargetDown",
+        "TabserveMetricsAbsent",
+        "TabserveErrorBudgetBurnFast",
+    ):
+        assert loaded[healthy]["state"] == "inactive", loaded[healthy]
+    # ...and see its series: the availability recording rule has a value (no server error: 0).
+    (ratio,) = prometheus.query("tabserve:slo_errors:ratio_rate5m")["data"]["result"]
+    assert ratio["metric"] == {"__name__": "tabserve:slo_errors:ratio_rate5m", **TARGET_LABELS}
+    assert float(ratio["value"][1]) == 0
