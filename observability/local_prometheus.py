@@ -26,6 +26,9 @@ from devtools.local_process import free_port, stop_process_group, wait_until_rea
 
 OBSERVABILITY = Path(__file__).resolve().parent
 ALERT_RULES = OBSERVABILITY / "alerts.yaml"
+# The target labels the Prometheus Operator gives the runbook's install (release tabserve in
+# ml-serving), which the rules of alerts.yaml, rendered for that install, select.
+TARGET_LABELS = {"namespace": "ml-serving", "service": "tabserve"}
 READY_TIMEOUT_S = 30
 
 
@@ -39,7 +42,7 @@ def scrape_config(targets: Sequence[str], interval_s: float, rule_files: Sequenc
             {
                 "job_name": "tabserve",
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": list(targets)}],
+                "static_configs": [{"targets": list(targets), "labels": TARGET_LABELS}],
             }
         ],
     }

@@ -41,7 +41,8 @@ BENTOML = {
 }
 
 # Only a Kubernetes cluster has these (kube-state-metrics, cAdvisor via the kubelet): the
-# dashboard's pod row and two alerts use them; locally they can only be checked for syntax.
+# dashboard's pod row and the Kubernetes alerts use them; locally they can only be checked for
+# syntax.
 KUBERNETES = frozenset(
     {
         "kube_deployment_status_replicas_available",
@@ -52,6 +53,7 @@ KUBERNETES = frozenset(
         "container_cpu_usage_seconds_total",
         "container_memory_working_set_bytes",
         "kube_pod_container_status_restarts_total",
+        "kube_pod_container_resource_limits",
     }
 )
 

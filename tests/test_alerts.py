@@ -1,4 +1,5 @@
-"""The alert rules: valid for promtool and a PrometheusRule, unit-tested, documented."""
+"""The alert rules: rendered from the chart, valid for promtool and a PrometheusRule, unit-tested,
+documented."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from tests.chart.manifests import CHART, generate, load_values
 from tests.declared_metrics import KNOWN_SERIES
 
 OBSERVABILITY = Path(__file__).parent.parent / "observability"
 RULES = OBSERVABILITY / "alerts.yaml"
 RULE_TESTS = OBSERVABILITY / "alerts_test.yaml"
+RULES_SOURCE = CHART / "files" / "alerts.yaml"
 RUNBOOK = Path(__file__).parent.parent / "docs" / "observability.md"
 METRIC_NAME = re.compile(r"\b((?:tabserve|bentoml|kube|container)_[a-zA-Z0-9_]+)")
 # The keys a PrometheusRule's spec.groups[].rules[] accepts (prometheus-operator v1 CRD).
@@ -22,22 +26,30 @@ RULE_KEYS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "ann
 PROMTOOL = shutil.which("promtool")
 
 
-def alerts() -> list[dict]:
-    document = yaml.safe_load(RULES.read_text())
+def rules(path: Path = RULES) -> list[dict[str, Any]]:
+    """Every rule of a rule file, recording rules included."""
+    document = yaml.safe_load(path.read_text())
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def alerts() -> list[dict[str, Any]]:
+    return [rule for rule in rules() if "alert" in rule]
+
+
+def promtool(*args: str, cwd: Path = OBSERVABILITY) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None, "promtool is missing: `make system-deps` installs prometheus"
-    return subprocess.run(
-        [PROMTOOL, *args], capture_output=True, text=True, timeout=120, cwd=OBSERVABILITY
-    )
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_the_rule_file_is_the_charts_rendering() -> None:
+    """observability/alerts.yaml is generated: the chart is the rules' one source."""
+    assert RULES.read_text() == generate.render_rules(), f"{RULES} is stale: run `make k8s`"
 
 
 def test_promtool_accepts_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -47,13 +59,13 @@ def test_promtool_unit_tests_pass() -> None:
 
 def test_unit_tests_fail_when_a_threshold_is_broken(tmp_path: Path) -> None:
     """The unit tests can fail: raise the error-ratio threshold to 50% and they must."""
-    broken = RULES.read_text().replace(") > 0.05", ") > 0.5")
-    assert broken != RULES.read_text()
-    (tmp_path / "alerts.yaml").write_text(broken)
+    raised = {"alerts": {"TabserveHighErrorRatio": {"threshold": 0.5}}}
+    (tmp_path / "alerts.yaml").write_text(generate.render_rules(raised))
     shutil.copy(RULE_TESTS, tmp_path / "alerts_test.yaml")
-    result = promtool("test", "rules", str(tmp_path / "alerts_test.yaml"))
+    result = promtool("test", "rules", "alerts_test.yaml", cwd=tmp_path)
     assert result.returncode != 0
-    assert "TabserveHighErrorRatio" in result.stdout + result.stderr
+    failed = re.findall(r"alertname: (\w+)", result.stdout + result.stderr)
+    assert set(failed) == {"TabserveHighErrorRatio"}, result.stdout
 
 
 def test_every_alert_is_tested_firing_and_not_firing() -> None:
@@ -68,6 +80,13 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
         assert any(not case["exp_alerts"] for case in mine), f"{rule['alert']} never stays quiet"
 
 
+def test_every_alert_of_the_source_has_its_settings_in_the_values() -> None:
+    settings = load_values(CHART / "values.yaml")["metrics"]["prometheusRule"]["alerts"]
+    names = [rule["alert"] for rule in rules(RULES_SOURCE) if "alert" in rule]
+    assert sorted(names) == sorted(settings)
+    assert [rule["alert"] for rule in alerts()] == names  # none disabled by default
+
+
 def test_rules_fit_a_prometheusrule_and_carry_severity_summary_description_runbook() -> None:
     document = yaml.safe_load(RULES.read_text())
     assert set(document) == {"groups"}
@@ -77,18 +96,21 @@ def test_rules_fit_a_prometheusrule_and_carry_severity_summary_description_runbo
         for line in runbook.splitlines()
         if line.startswith("#")
     }
+    home = load_values(CHART / "Chart.yaml")["home"]
     for group in document["groups"]:
         assert set(group) == {"name", "rules"}
         for rule in group["rules"]:
-            assert set(rule) <= RULE_KEYS, rule["alert"]
+            assert set(rule) <= RULE_KEYS, rule
+            if "record" in rule:
+                continue
             assert rule["labels"]["severity"] in {"critical", "warning"}
             assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
-            anchor = rule["annotations"]["runbook_url"].split("#")[1]
-            assert anchor == rule["alert"].lower()
-            assert anchor in headings, f"no runbook section for {rule['alert']}"
+            url = rule["annotations"]["runbook_url"]
+            assert url == f"{home}/docs/observability.md#{rule['alert'].lower()}"
+            assert rule["alert"].lower() in headings, f"no runbook section for {rule['alert']}"
 
 
-def test_every_metric_an_alert_uses_is_declared() -> None:
-    for rule in alerts():
+def test_every_metric_a_rule_uses_is_declared() -> None:
+    for rule in rules():
         unknown = set(METRIC_NAME.findall(rule["expr"])) - KNOWN_SERIES
-        assert not unknown, f"{rule['alert']}: undeclared {unknown}"
+        assert not unknown, f"{rule.get('alert', rule.get('record'))}: undeclared {unknown}"

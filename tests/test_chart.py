@@ -32,7 +32,7 @@ from tests.chart.manifests import (
     CI_VALUES,
     PROJECT,
     Manifest,
-    k8s_generate,
+    generate,
     load_values,
     only,
     pod_templates,
@@ -45,9 +45,6 @@ from tests.declared_metrics import BENTOML, TABSERVE
 # Oldest and newest supported.
 SUPPORTED_KUBERNETES = ("1.30.0", "1.37.0")
 HTTP_PORT = 3000  # BentoML's port, fixed for everyone (briefs/interfaces.md)
-
-
-generate = k8s_generate()
 
 
 @pytest.fixture(scope="module", params=CI_VALUES, ids=lambda path: path.name)

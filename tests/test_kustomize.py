@@ -21,14 +21,11 @@ import yaml
 
 from devtools.go_tools import go_tool
 from tests.chart import crd_schemas
-from tests.chart.manifests import PROJECT, Manifest, k8s_generate, only, render, service_config
+from tests.chart.manifests import PROJECT, Manifest, generate, only, render, service_config
 
 SUPPORTED_KUBERNETES = ("1.30.0", "1.37.0")  # as tests/test_chart.py
 K8S = PROJECT / "k8s"
 OVERLAY_NAMESPACE = "ml-serving"  # the example overlays'
-
-
-generate = k8s_generate()
 
 
 @pytest.fixture(scope="module")

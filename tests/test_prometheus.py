@@ -17,20 +17,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from observability.local_prometheus import Prometheus
+from observability.local_prometheus import TARGET_LABELS, Prometheus
 from tabserve.catalog import MODELS
+from tests.chart.manifests import CHART, load_values
 from tests.dashboard_queries import (
     DASHBOARDS,
     METRIC_NAME,
+    SELECTOR,
     needs_kubernetes,
     panels,
     queries,
     substituted,
+    variable_queries,
+    variables,
 )
 from tests.data import instances
-from tests.declared_metrics import KNOWN_SERIES
+from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
 from tests.server import ServerProcess
-from tests.test_alerts import alerts
+from tests.test_alerts import rules
 
 # Bounded both ways: at most this many requests, for at most this long; long enough to span
 # several scrapes, since rate() only sees what grows between two of them.
@@ -42,10 +46,11 @@ def test_there_are_dashboards_and_every_panel_has_unit_description_and_queries()
     assert DASHBOARDS
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
-        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-        assert variables["datasource"]["type"] == "datasource"
-        assert variables["datasource"]["query"] == "prometheus"
-        assert variables["model"]["type"] == "query"
+        found = variables(dashboard)
+        assert found["datasource"]["type"] == "datasource"
+        assert found["datasource"]["query"] == "prometheus"
+        for name in ("cluster", "namespace", "job", "deployment", "pod", "model"):
+            assert found[name]["type"] == "query", name  # chosen from what Prometheus has
         ids = [panel["id"] for panel in dashboard["panels"]]
         assert len(ids) == len(set(ids)), path.name
         for panel in panels(dashboard):
@@ -55,6 +60,56 @@ def test_there_are_dashboards_and_every_panel_has_unit_description_and_queries()
             assert panel["targets"], panel["title"]
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+# Every selector of a scraped tabserve/BentoML series narrows to the chosen variables; the
+# Kubernetes ones to the cluster, namespace and the release's Deployment (its pods, its HPA).
+SCRAPED_FILTERS = ('cluster=~"$cluster"', 'namespace=~"$namespace"', 'job=~"$job"', 'pod=~"$pod"')
+KUBERNETES_FILTERS = {
+    "deployment": 'deployment=~"$deployment"',
+    "pod": 'pod=~"$pod", pod=~"$deployment-[a-z0-9]+-[a-z0-9]+"',
+    # KEDA names the HPA it makes for a ScaledObject keda-hpa-<ScaledObject name>.
+    "horizontalpodautoscaler": 'horizontalpodautoscaler=~"$deployment|keda-hpa-$deployment"',
+}
+
+
+def test_every_query_filters_by_the_dashboard_variables() -> None:
+    for dashboard, title, expr in queries():
+        for metric, matchers in SELECTOR.findall(expr):
+            where = f"{dashboard} / {title}: {metric}{{{matchers}}}"
+            if metric not in KUBERNETES:
+                assert all(f in matchers for f in SCRAPED_FILTERS), where
+                continue
+            assert matchers.startswith('cluster=~"$cluster", namespace=~"$namespace", '), where
+            (scope,) = [label for label in KUBERNETES_FILTERS if f"{label}=" in matchers]
+            assert KUBERNETES_FILTERS[scope] in matchers, where
+
+
+def test_tables_query_the_present_and_lines_mark_the_objectives() -> None:
+    """A table shows one instant value per row; the latency and error panels draw the chart's
+    default objectives (the dashboard is static: these are what the alerts use by default)."""
+    rules = load_values(CHART / "values.yaml")["metrics"]["prometheusRule"]
+    latency = rules["alerts"]["TabserveLatencyP99AboveSLO"]["threshold"]
+    budget = round(1 - rules["slo"]["availability"], 6)
+    lines = {}
+    for path in DASHBOARDS:
+        for panel in panels(json.loads(path.read_text())):
+            if panel["type"] == "table":
+                for target in panel["targets"]:
+                    assert (target["instant"], target["range"], target["format"]) == (
+                        True,
+                        False,
+                        "table",
+                    ), panel["title"]
+            defaults = panel["fieldConfig"]["defaults"]
+            if "thresholds" in defaults:
+                assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed"
+                lines[panel["title"]] = [s["value"] for s in defaults["thresholds"]["steps"]]
+    assert lines == {
+        "Server error ratio by route": [None, budget],
+        "Request latency p50 / p95 / p99": [None, latency],
+        "p99 latency by route": [None, latency],
+    }
 
 
 def test_every_metric_a_panel_uses_is_declared() -> None:
@@ -151,12 +206,41 @@ def test_panel_query_returns_data(
     assert any(math.isfinite(value) for value in values), f"only NaN for {title}: {values}"
 
 
+@pytest.mark.parametrize(
+    ("dashboard", "variable", "selector", "label"),
+    variable_queries(),
+    ids=[f"{d}:{v}" for d, v, _, _ in variable_queries()],
+)
+def test_variable_query_offers_values(
+    prometheus: Prometheus, dashboard: str, variable: str, selector: str, label: str
+) -> None:
+    """What Grafana asks for a variable's choices. Outside a cluster there is no `cluster` (on
+    a single-cluster Prometheus neither) nor `pod` label: those may offer nothing."""
+    answer = prometheus.api(f"label/{label}/values", **{"match[]": substituted(selector)})
+    assert answer["status"] == "success", answer
+    if variable not in ("cluster", "pod"):
+        assert answer["data"], f"{dashboard} ${variable}: no {label} values for {selector}"
+    if variable == "deployment":
+        assert answer["data"] == [TARGET_LABELS["service"]]
+
+
 def test_alert_rules_load_and_evaluate_cleanly(prometheus: Prometheus) -> None:
     time.sleep(1.5)  # at least one evaluation round (interval 1 s)
     groups = prometheus.api("rules")["data"]["groups"]
-    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert set(rules) == {rule["alert"] for rule in alerts()}
-    for name, rule in rules.items():
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(loaded) == {rule.get("alert", rule.get("record")) for rule in rules()}
+    for name, rule in loaded.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
-    for healthy in ("TabserveModelNotLoaded", "TabserveHighErrorRatio"):
-        assert rules[healthy]["state"] == "inactive", rules[healthy]
+    # The rules select the scrape's target labels: a healthy server trips none of these.
+    for healthy in (
+        "TabserveModelNotLoaded",
+        "TabserveHighErrorRatio",
+        "TabserveTargetDown",
+        "TabserveMetricsAbsent",
+        "TabserveErrorBudgetBurnFast",
+    ):
+        assert loaded[healthy]["state"] == "inactive", loaded[healthy]
+    # ...and see its series: the availability recording rule has a value (no server error: 0).
+    (ratio,) = prometheus.query("tabserve:slo_errors:ratio_rate5m")["data"]["result"]
+    assert ratio["metric"] == {"__name__": "tabserve:slo_errors:ratio_rate5m", **TARGET_LABELS}
+    assert float(ratio["value"][1]) == 0

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import helm_python
 import yaml
-from helm_python import _native
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHART = PROJECT / "helm" / "tabserve"
@@ -22,21 +19,28 @@ NAMESPACE = "serving"
 Manifest = dict[str, Any]
 
 
+def _generate_module() -> ModuleType:
+    """k8s/generate.py (`make k8s`), a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _generate_module()
+
+
 def load_values(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict[str, Any], api_versions: Sequence[str] = ()) -> list[Manifest]:
-    """Every object the chart renders with these values (NOTES.txt left out); api_versions are
-    the extra APIs the cluster serves (`helm template --api-versions`), e.g. CRDs' kinds."""
-    chart = helm_python.Chart.load(CHART)
-    if not api_versions:
-        return manifests(chart.render(values, name=RELEASE, namespace=NAMESPACE))
-    # helm-python-sdk 0.2's Chart.render does not pass api_versions on, but the Helm engine
-    # under it takes them (the same options struct as `helm template`).
-    options = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions)}
-    text = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(options))
-    return manifests(json.loads(text))
+def render(
+    values: dict[str, Any], api_versions: Sequence[str] = generate.CRD_APIS
+) -> list[Manifest]:
+    """Every object the chart renders with these values (NOTES.txt left out), on a cluster that
+    serves `api_versions` beside Kubernetes' own (by default the Prometheus Operator and KEDA)."""
+    return manifests(generate.render(values, RELEASE, NAMESPACE, tuple(api_versions)))
 
 
 def manifests(rendered: dict[str, str]) -> list[Manifest]:
@@ -80,12 +84,3 @@ def serving_container(deployment: Manifest) -> dict[str, Any]:
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "tabserve"
     ]
     return container
-
-
-def k8s_generate() -> ModuleType:
-    """k8s/generate.py (`make k8s`), which is a script, not a package module."""
-    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
