@@ -56,7 +56,7 @@ from bentoml.exceptions import NotFound
 from tqdm import tqdm
 
 from tabserve.batch import formats, output, scoring, shards
-from tabserve.batch.formats import Columns, Table
+from tabserve.batch.formats import Table
 from tabserve.batch.scoring import Unusable
 from tabserve.batch.shards import STDIN, InputFile, Shard, Slice
 from tabserve.catalog import MODELS, ModelSpec
@@ -131,8 +131,8 @@ def score_slices(
     model: LoadedModel, files: list[InputFile], slices: list[Slice], sink: BinaryIO,
     out_format: str, args: argparse.Namespace,
 ) -> Summary:  # fmt: skip
-    """Every slice's rows into one output. Every input file must have the columns of the first
-    one, so that every shard's part has the same columns, even a shard given no file."""
+    """Every slice's rows into one output. Every input file must have the same columns, so that
+    every shard's part has the same columns, even a shard given no file."""
     summary = Summary()
     ranged = [piece.stop - piece.start for piece in slices if piece.stop is not None]
     total = sum(ranged) if len(ranged) == len(slices) and slices else None
@@ -142,19 +142,15 @@ def score_slices(
         tqdm(total=total, unit="rows", desc=description, file=sys.stderr, disable=None) as bar,
     ):
         first = next(tables, None)
-        reference: Columns = (
-            first.columns if first and slices[0].file == files[0] else formats.columns_of(files[0])
-        )
+        # stdin cannot be read twice: its columns are those of the one table it is.
+        reference = first.columns if first and files[0].path == STDIN else formats.columns_of(files)
         scoring.check_header(model.spec, reference.names)
         names = scoring.output_columns(model.spec, reference.names)
         with formats.open_sink(out_format, sink, reference, names, args.escape_formulas) as write:
             opened = itertools.chain([first], tables) if first else iter(())
             for piece, table in zip(slices, opened, strict=True):
                 if table.columns.names != reference.names:
-                    raise Unusable(
-                        f"{piece.file.path} has other columns than {files[0].path}; every input "
-                        "file needs the same header"
-                    )
+                    raise formats.different_columns(piece.file, files[0])
                 rows = _score_table(model, table, write, args, summary, bar)
                 summary.inputs.append(
                     {"path": piece.file.path, "first_row": piece.start, "rows": rows}

@@ -67,13 +67,28 @@ def _csv_header(reader: Iterator[list[str]]) -> list[str]:
     return header
 
 
-def columns_of(file: InputFile) -> Columns:
-    """The columns, read from the header or the Parquet footer only."""
-    if file.format == "parquet":
-        schema = pq.read_schema(file.path)
-        return Columns(schema.names, list(schema.types))
-    with _csv_text(file.path) as text:
-        return Columns(_csv_header(csv.reader(text)))
+def columns_of(files: list[InputFile]) -> Columns:
+    """The columns every part gets, read from headers and footers only: the first CSV file's
+    header (each file's is checked as it is read), or every Parquet file's schema, the column
+    types reconciled (a column of integers in one file and floats in another is float64)."""
+    if files[0].format == "csv":
+        with _csv_text(files[0].path) as text:
+            return Columns(_csv_header(csv.reader(text)))
+    schemas = [pq.read_schema(file.path) for file in files]
+    for file, schema in zip(files, schemas, strict=True):
+        if schema.names != schemas[0].names:
+            raise different_columns(file, files[0])
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise Unusable(f"the Parquet files' column types do not agree: {error}") from None
+    return Columns(schema.names, list(schema.types))
+
+
+def different_columns(file: InputFile, first: InputFile) -> Unusable:
+    return Unusable(
+        f"{file.path} has other columns than {first.path}; every input file needs the same ones"
+    )
 
 
 def count_rows(file: InputFile) -> int:
