@@ -43,7 +43,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -117,11 +117,12 @@ def _score_table(
     for chunk in scoring.chunks(records, args.chunk_size):
         write(scoring.score(model, chunk, width))
         for record in chunk:
-            if isinstance(record.parsed, str):
-                summary.invalid += 1
-                if summary.invalid <= ERRORS_SHOWN:
-                    tqdm.write(f"invalid: {record.where}: {record.parsed}", file=sys.stderr)
-        summary.scored += sum(not isinstance(record.parsed, str) for record in chunk)
+            if not isinstance(record.parsed, str):
+                summary.scored += 1
+                continue
+            summary.invalid += 1
+            if summary.invalid <= ERRORS_SHOWN:
+                tqdm.write(f"invalid: {record.where}: {record.parsed}", file=sys.stderr)
         rows += len(chunk)
         progress.update(len(chunk))
     return rows
@@ -162,10 +163,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@contextmanager
-def _stdout() -> Iterator[BinaryIO]:
-    yield sys.stdout.buffer
-    sys.stdout.buffer.flush()
+def _exit_code(summary: Summary, max_invalid: int) -> int:
+    return EXIT_INVALID_ROWS if summary.invalid > max_invalid else EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,28 +173,23 @@ def run(args: argparse.Namespace) -> int:
     spec = MODELS[args.model]
     model = load_model(spec, args.tag or get_settings().tag_for(spec.name), args.threads)
     files = shards.list_inputs(args.input, args.input_format)
-    out_format = (
-        "csv"  # stdout, see _check
-        if args.output == STDIN
-        else args.output_format or shards.format_from_name(args.output) or files[0].format
-    )
     slices = shards.plan(files, shard, formats.count_rows)
     if args.output == STDIN:
-        with _stdout() as sink:
-            summary = score_slices(model, files, slices, sink, out_format, args)
+        summary = score_slices(model, files, slices, sys.stdout.buffer, "csv", args)
+        sys.stdout.buffer.flush()
         target = "stdout"
     else:
+        out_format = args.output_format or shards.format_from_name(args.output) or files[0].format
         part = output.part_path(args.output, shard, out_format)
         with output.partial_file(part) as sink:
             summary = score_slices(model, files, slices, sink, out_format, args)
-        code = EXIT_INVALID_ROWS if summary.invalid > args.max_invalid else EXIT_OK
         manifest = {
             "shard": {"index": shard.index, "count": shard.count},
             "model": {"name": spec.name, "tag": str(model.info.tag)},
             "inputs": summary.inputs,
             "output": {"file": part.name, "format": out_format},  # commit adds its checksum
             "rows": {"in": summary.rows, "out": summary.rows, "invalid": summary.invalid},
-            "exit_code": code,
+            "exit_code": _exit_code(summary, args.max_invalid),
             "started": started,
             "finished": _now(),
         }
@@ -206,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         f"-> {target} [{model.info.tag}]",
         file=sys.stderr,
     )
-    return EXIT_INVALID_ROWS if summary.invalid > args.max_invalid else EXIT_OK
+    return _exit_code(summary, args.max_invalid)
 
 
 def _whole_number(text: str) -> int:
