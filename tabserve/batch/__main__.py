@@ -1,0 +1,5 @@
+import sys
+
+from tabserve.batch.cli import main
+
+sys.exit(main())
