@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from tests.declared_metrics import KNOWN_SERIES
+from tests.system_packages import require
 
 OBSERVABILITY = Path(__file__).parent.parent / "observability"
 RULES = OBSERVABILITY / "alerts.yaml"
@@ -28,7 +29,7 @@ def alerts() -> list[dict]:
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None, "promtool is missing: `make system-deps` installs prometheus"
+    require("prometheus")
     return subprocess.run(
         [PROMTOOL, *args], capture_output=True, text=True, timeout=120, cwd=OBSERVABILITY
     )
