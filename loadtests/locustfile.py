@@ -52,7 +52,9 @@ def record_user_classes(environment: Environment, **_kwargs: Any) -> None:
     ran: set[str] = set()
 
     def spawned(**_kwargs: Any) -> None:
-        counts = environment.runner.user_classes_count
+        # The spawn plan: on a master (in the cluster) the users run on the workers, so the
+        # master's own user_classes_count is all zeros.
+        counts = environment.runner.target_user_classes_count
         ran.update(name for name, count in counts.items() if count)
         Path(path).write_text(json.dumps(sorted(ran)) + "\n")
 
