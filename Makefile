@@ -1,10 +1,12 @@
 # The project's commands. A fresh machine needs only Python 3.11 and make:
 #   make serve   create the venv, install, train the models the store lacks, serve on 127.0.0.1:3000
 #   make test    create the venv, install, run the whole test suite
+# Each recipe calls the `tabserve` console script (tabserve/cli.py) or a test runner.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
+# python3.11 when the machine has one under that name, else python3 (its version is checked).
+PYTHON ?= $(or $(shell command -v python3.11 2>/dev/null),python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
@@ -14,36 +16,64 @@ METRICS_PORT ?= 8002
 # No usage analytics from anything this project starts.
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help install system-deps train serve test test-fast lint format constraints clean
+.PHONY: help install install-runtime system-deps train serve test test-fast lint format constraints clean
 
-help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+help: ## list the targets, and the main variables with their values
+	@echo "Targets:"
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "Variables (make <target> NAME=value):"
+	@printf '  %-16s %-58s %s\n' \
+	  PYTHON 'the Python 3.11 that makes the venv' '$(PYTHON)' \
+	  VENV 'the virtual environment' '$(VENV)' \
+	  HOST 'address serve and observe listen on (HTTP, gRPC, metrics)' '$(HOST)' \
+	  PORT 'HTTP port' '$(PORT)' \
+	  METRICS_PORT 'Prometheus /metrics port' '$(METRICS_PORT)' \
+	  PROMETHEUS_PORT 'the local Prometheus of make observe' '$(PROMETHEUS_PORT)' \
+	  MODEL 'model of make batch' '$(MODEL)' \
+	  INPUT 'CSV file make batch reads' '$(or $(INPUT),-)' \
+	  OUTPUT 'CSV file make batch writes' '$(or $(OUTPUT),-)' \
+	  HOST_URL 'make loadtest: a running server (else one is started)' '$(or $(HOST_URL),-)' \
+	  GRPC_TARGET 'make loadtest: its gRPC host:port' '$(or $(GRPC_TARGET),-)' \
+	  LOADTEST_ARGS 'tabserve loadtest options (-h); after --, locust options' '$(or $(LOADTEST_ARGS),-)' \
+	  SOAK_DURATION 'seconds of make soak' '$(SOAK_DURATION)' \
+	  SOAK_RATE 'requests per second of make soak' '$(SOAK_RATE)' \
+	  SOAK_ARGS 'tabserve soak options (-h)' '$(or $(SOAK_ARGS),-)'
 
-# The venv is rebuilt when the declared or pinned dependencies change.
-$(BIN)/.installed: pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
+# The venv is rebuilt when the declared or pinned dependencies change: the runtime packages
+# first (all serve, train and batch need), then the dev extra on top for the rest.
+CHECK_PYTHON = version=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+  || version="not found"; [[ $$version == 3.11 ]] || { echo "tabserve needs Python 3.11, and \
+  PYTHON=$(PYTHON) is $$version. Name one: make $(or $(MAKECMDGOALS),install) PYTHON=/path/to/python3.11" >&2; exit 1; }
+
+$(BIN)/.runtime: pyproject.toml constraints.txt
+	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable .
+	@touch $@
+
+$(BIN)/.installed: $(BIN)/.runtime
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev]'
 	@touch $@
 
+install-runtime: $(BIN)/.runtime ## create the venv with the runtime dependencies only (serve, train, batch)
+
 install: $(BIN)/.installed ## create the venv and install the project with its dev tools
 
-system-deps: ## install the Debian packages the tests need (scripts/system-packages.txt)
+system-deps: ## install the Debian packages the tests need, or say which are missing and what skips
 	bash scripts/install-system-packages.sh
 
-train: install ## train and save every model (again)
-	$(BIN)/python train.py
+train: install-runtime ## train and save every model (again)
+	$(BIN)/tabserve train
 
-serve: install ## train missing models, then serve on http://$(HOST):$(PORT)
-	$(BIN)/python train.py --if-missing
-	TABSERVE_GRPC_HOST=$(HOST) TABSERVE_METRICS_HOST=$(HOST) TABSERVE_METRICS_PORT=$(METRICS_PORT) \
-	  $(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT)
+serve: install-runtime ## train missing models, then serve on http://HOST:PORT (127.0.0.1:3000)
+	$(BIN)/tabserve train --if-missing
+	$(BIN)/tabserve serve --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
 test: install system-deps ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
 
-test-fast: install system-deps ## the suite without the slow tests
+test-fast: install ## the suite without the slow tests; needs no system package (those tests skip)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install ## ruff: lint and format check
@@ -76,10 +106,9 @@ grpc-stubs: install ## regenerate the committed gRPC stubs from tabserve/protoco
 
 PROMETHEUS_PORT ?= 9090
 
-observe: install system-deps ## serve with a local Prometheus scraping it (http://127.0.0.1:$(PROMETHEUS_PORT))
-	$(BIN)/python train.py --if-missing
-	@TABSERVE_GRPC_HOST=$(HOST) TABSERVE_METRICS_HOST=$(HOST) TABSERVE_METRICS_PORT=$(METRICS_PORT) \
-	  $(BIN)/bentoml serve service:ModelAPI --host $(HOST) --port $(PORT) & server=$$!; \
+observe: install system-deps ## serve with a local Prometheus scraping it (http://127.0.0.1:PROMETHEUS_PORT)
+	$(BIN)/tabserve train --if-missing
+	@$(BIN)/tabserve serve --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) & server=$$!; \
 	trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
 	echo "tabserve: http://$(HOST):$(PORT)   metrics: http://$(HOST):$(METRICS_PORT)/metrics"; \
 	$(BIN)/python -m observability.local_prometheus --target $(HOST):$(METRICS_PORT) --port $(PROMETHEUS_PORT)
@@ -111,9 +140,9 @@ test test-fast: checkov
 .PHONY: batch test-clients
 MODEL ?= churn
 
-batch: install ## score a CSV offline: make batch MODEL=churn INPUT=in.csv OUTPUT=out.csv
+batch: install-runtime ## score a CSV offline: make batch MODEL=churn INPUT=in.csv OUTPUT=out.csv
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make batch MODEL=churn INPUT=in.csv OUTPUT=out.csv"; exit 2; }
-	$(BIN)/python -m tabserve.batch --model $(MODEL) --input $(INPUT) --output $(OUTPUT)
+	$(BIN)/tabserve batch --model $(MODEL) --input $(INPUT) --output $(OUTPUT)
 
 test-clients: install system-deps ## the TabPy, web page (headless Chromium) and batch tests
 	$(BIN)/python -m pytest tests/test_tabpy.py tests/test_web.py tests/test_batch.py
@@ -131,12 +160,14 @@ test-image: install system-deps ## build and run the image, and the graceful shu
 .PHONY: loadtest bench
 MLSERVER_VENV := build/mlserver-venv
 # make loadtest HOST_URL=http://svc:3000 GRPC_TARGET=svc:8001 loads a running server instead of
-# starting one; LOADTEST_ARGS="--shape" finds the knee, "--run-time 30 --users 8" etc.
+# starting one; LOADTEST_ARGS="--shape" finds the knee, "--run-time 30 --users 8" etc., and what
+# follows "--" goes to locust: LOADTEST_ARGS="-- HotPathUser --loglevel DEBUG".
+# LOADTEST_API_TOKEN (environment) is sent as the bearer token, over HTTP and gRPC.
 LOADTEST_ARGS ?=
 
 loadtest: install ## locust, headless, bounded; reports/loadtest-<time>/; fails on broken thresholds
-	$(if $(HOST_URL),,$(BIN)/python train.py --if-missing)
-	$(BIN)/python -m loadtests.run $(if $(HOST_URL),--host $(HOST_URL)) $(if $(GRPC_TARGET),--grpc-target $(GRPC_TARGET)) $(LOADTEST_ARGS)
+	$(if $(HOST_URL),,$(BIN)/tabserve train --if-missing)
+	$(BIN)/tabserve loadtest $(if $(HOST_URL),--host $(HOST_URL)) $(if $(GRPC_TARGET),--grpc-target $(GRPC_TARGET)) $(LOADTEST_ARGS)
 
 $(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
 	$(PYTHON) -m venv $(MLSERVER_VENV)
@@ -145,19 +176,19 @@ $(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
 	@touch $@
 
 bench: install $(MLSERVER_VENV)/.installed ## ~13 min: tabserve vs Flask, gunicorn, MLServer; reports/bench-<time>/
-	$(BIN)/python train.py --if-missing
-	$(BIN)/python -m loadtests.bench.run
+	$(BIN)/tabserve train --if-missing
+	$(BIN)/tabserve bench
 
 # --- Soak test: a real server under open-loop mixed traffic for minutes (loadtests/README.md) -----
 .PHONY: soak
 SOAK_DURATION ?= 600
 SOAK_RATE     ?= 40
-# e.g. SOAK_ARGS="--warmup 30 --max-rss-growth-mib 32"; every option: python -m loadtests.soak -h
+# e.g. SOAK_ARGS="--warmup 30 --max-rss-growth-mib 32"; every option: .venv/bin/tabserve soak -h
 SOAK_ARGS     ?=
 
 soak: install ## SOAK_DURATION s (600) at SOAK_RATE req/s (40): memory, fds, metrics, p99 over time; reports/soak/
-	$(BIN)/python train.py --if-missing
-	$(BIN)/python -m loadtests.soak --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
+	$(BIN)/tabserve train --if-missing
+	$(BIN)/tabserve soak --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
 
 # --- A real single-node Kubernetes cluster on this machine (scripts/cluster/, docs/deploy.md) ----
 .PHONY: cluster cluster-down cluster-status cluster-deploy e2e

@@ -3,6 +3,7 @@
 Locust has no gRPC client, so this user calls the generated stub itself and fires locust's
 `request` event with the timing, which puts gRPC calls in the same statistics, CSV and HTML
 report as the HTTP ones. Needs grpcio and the tabserve package (for the generated stubs).
+LOADTEST_API_TOKEN, when set, goes with every call as `authorization: Bearer <token>` metadata.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from grpc_requests import infer_request
 from locust import User, constant, task
-from payloads import complete_rows, oip_inputs
+from payloads import auth_headers, complete_rows, oip_inputs
 
 from tabserve.protocols.grpc import inference_pb2 as pb
 from tabserve.protocols.grpc import inference_pb2_grpc
@@ -48,6 +49,8 @@ class GrpcInferUser(User):
             infer_request(pb, "churn", oip_inputs("churn", [row])) for row in complete_rows("churn")
         ]
         self.sent = 0
+        # gRPC metadata keys are lower case.
+        self.metadata = [(key.lower(), value) for key, value in auth_headers().items()]
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -59,7 +62,9 @@ class GrpcInferUser(User):
         started = time.perf_counter()
         length, error = 0, None
         try:
-            length = self.stub.ModelInfer(request, timeout=TIMEOUT_S).ByteSize()
+            length = self.stub.ModelInfer(
+                request, timeout=TIMEOUT_S, metadata=self.metadata
+            ).ByteSize()
         except grpc.RpcError as rpc_error:
             error = rpc_error
         self.environment.events.request.fire(

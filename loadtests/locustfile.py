@@ -8,15 +8,22 @@
 
 Every user is a FastHttpUser (geventhttpclient), so one locust process is not the bottleneck.
 A refused invalid request counts as a success only when it gets the expected 4xx status.
+LOADTEST_API_TOKEN, when set, goes with every request as `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from pathlib import Path
+from typing import Any
 
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
 from payloads import (
+    auth_headers,
     complete_rows,
     instances,
     invalid_requests,
@@ -27,11 +34,31 @@ from payloads import (
     weighted_choice,
 )
 
-JSON = {"Content-Type": "application/json"}
+JSON = {"Content-Type": "application/json", **auth_headers()}
 THINK_S = float(os.environ.get("LOADTEST_THINK_MS", "0")) / 1000
 MODEL_MIX = parse_weights(
     os.environ.get("LOADTEST_MODEL_MIX", "churn=4,drug=1,iris=1,spam=1,admission=1")
 )
+
+
+@events.init.add_listener
+def record_user_classes(environment: Environment, **_kwargs: Any) -> None:
+    """Write the user classes that spawned to LOADTEST_USER_CLASSES_FILE (when set): the
+    thresholds (loadtests/thresholds.py) judge only the requests of classes that ran. Rewritten
+    each time spawning completes: a step-load shape spawns once per step."""
+    path = os.environ.get("LOADTEST_USER_CLASSES_FILE")
+    if not path or isinstance(environment.runner, WorkerRunner):
+        return
+    ran: set[str] = set()
+
+    def spawned(**_kwargs: Any) -> None:
+        # The spawn plan: on a master (in the cluster) the users run on the workers, so the
+        # master's own user_classes_count is all zeros.
+        counts = environment.runner.target_user_classes_count
+        ran.update(name for name, count in counts.items() if count)
+        Path(path).write_text(json.dumps(sorted(ran)) + "\n")
+
+    environment.events.spawning_complete.add_listener(spawned)
 
 
 class TabserveUser(FastHttpUser):

@@ -1,4 +1,5 @@
-"""Request bodies for the load tests, built once per locust process from payloads.json.
+"""Request bodies (and the token header) for the load tests, built once per locust process from
+payloads.json.
 
 Only the standard library: the locust files must run on a stock locust image (loadtests/k8s).
 payloads.json holds real rows of every model's data set (written by make_payloads.py).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,13 @@ from typing import Any
 
 PAYLOADS = json.loads(Path(__file__).with_name("payloads.json").read_text())
 MODEL_NAMES = tuple(PAYLOADS)
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer <token>` with LOADTEST_API_TOKEN, for a server that requires one
+    (TABSERVE_API_TOKEN); nothing when it is unset. The gRPC user sends it as metadata."""
+    token = os.environ.get("LOADTEST_API_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def instances(model: str, count: int) -> list[dict[str, Any]]:

@@ -4,9 +4,12 @@
     python -m loadtests.run --host http://svc:3000 --grpc-target svc:8001
     python -m loadtests.run --shape                  # step load: find the knee (stepload.py)
     python -m loadtests.run --profile smoke --run-time 20
+    python -m loadtests.run --run-time 30 -- HotPathUser --loglevel DEBUG   # after --: locust's
 
-Writes locust's CSV files, its HTML report, the server log and (with --shape) knee.json into
-reports/loadtest-<timestamp>/, checks loadtests/thresholds.yaml, exits 1 when a check fails.
+Writes locust's CSV files, its HTML report, the server log, the user classes that ran and (with
+--shape) knee.json into reports/loadtest-<timestamp>/, checks loadtests/thresholds.yaml (the
+limits of the user classes that ran), exits 1 when a check fails. LOADTEST_API_TOKEN is sent as
+the bearer token (HTTP and gRPC); a local server started for the run then requires it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from loadtests.thresholds import report
+from loadtests.thresholds import USER_CLASSES_FILE, report
 from tests.server import ServerProcess
 
 LOADTESTS = Path(__file__).resolve().parent
@@ -38,17 +41,19 @@ def target(host: str | None, grpc_target: str | None, out: Path) -> Iterator[tup
     if host:
         yield host, grpc_target or ""
         return
-    with local_server(out) as server:
+    with local_server(out, os.environ.get("LOADTEST_API_TOKEN")) as server:
         yield server.url, f"127.0.0.1:{server.grpc_port}"
 
 
 @contextlib.contextmanager
-def local_server(out: Path) -> Iterator[ServerProcess]:
-    """`bentoml serve` on free ports, its log and BentoML home in `out`, stopped after."""
+def local_server(out: Path, api_token: str | None = None) -> Iterator[ServerProcess]:
+    """`bentoml serve` on free ports, its log and BentoML home in `out`, stopped after; it
+    requires `api_token` when one is given."""
     # The server links the models of this BentoML home (BentoML's default one unless set).
     os.environ.setdefault("BENTOML_HOME", str(Path.home() / "bentoml"))
     started = time.monotonic()
-    with ServerProcess.start(out / "server.log") as server:
+    env = {"TABSERVE_API_TOKEN": api_token} if api_token else None
+    with ServerProcess.start(out / "server.log", env) as server:
         print(f"local server {server.url} ready in {time.monotonic() - started:.1f} s")
         yield server
 
@@ -68,7 +73,13 @@ def run_locust(args: argparse.Namespace, host: str, grpc_target: str, out: Path)
     ]  # fmt: skip
     if args.users:
         command += ["--users", str(args.users), "--spawn-rate", str(args.users)]
-    env = {**os.environ, "LOADTEST_KNEE_FILE": str(out / "knee.json")}
+    # Last, so they win over the options above (user class names, --loglevel, ...).
+    command += args.locust_args
+    env = {
+        **os.environ,
+        "LOADTEST_KNEE_FILE": str(out / "knee.json"),
+        "LOADTEST_USER_CLASSES_FILE": str(out / USER_CLASSES_FILE),
+    }
     if grpc_target:
         env["LOADTEST_GRPC_TARGET"] = grpc_target
     print("$", " ".join(command))
@@ -76,7 +87,12 @@ def run_locust(args: argparse.Namespace, host: str, grpc_target: str, out: Path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Our options; everything after `--` is passed to locust as it is."""
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage="%(prog)s [options] [-- locust options]"
+    )
     parser.add_argument("--host", help="base URL of a running tabserve; default: start one")
     parser.add_argument("--grpc-target", help="host:port of its gRPC server (default: host:8001)")
     parser.add_argument("--profile", default="default", help="profile in thresholds.yaml")
@@ -84,7 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, help="concurrent users (default: locust.conf)")
     parser.add_argument("--shape", action="store_true", help="step load to find the knee")
     parser.add_argument("--reports", type=Path, default=PROJECT / "reports")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv[:split])
+    args.locust_args = argv[split + 1 :]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,14 +2,18 @@
 
     python -m loadtests.thresholds reports/loadtest-.../locust_stats.csv --profile default
 
-Prints one line per check and exits 1 when any is broken.
+Latency limits are grouped by user class: only the classes that ran are judged, as listed in
+user_classes.json beside the CSV (written by the locustfile, see LOADTEST_USER_CLASSES_FILE);
+without that file every class is. Prints one line per check and exits 1 when any is broken.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +21,8 @@ import yaml
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
 AGGREGATED = "Aggregated"
+# Beside locust's CSV: the user classes that spawned (a JSON list), written by the locustfile.
+USER_CLASSES_FILE = "user_classes.json"
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,16 @@ def read_stats(stats_csv: Path) -> dict[str, dict[str, str]]:
         return {row["Name"]: row for row in csv.DictReader(handle)}
 
 
-def check(stats: dict[str, dict[str, str]], profile: dict) -> list[Check]:
+def user_classes_that_ran(stats_csv: Path) -> list[str] | None:
+    """The classes listed in user_classes.json beside `stats_csv`; None without the file."""
+    path = stats_csv.with_name(USER_CLASSES_FILE)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check(
+    stats: dict[str, dict[str, str]], profile: dict, ran: Collection[str] | None = None
+) -> list[Check]:
+    """The profile's checks; the p99 limits only for the user classes in `ran` (all if None)."""
     total = stats.get(AGGREGATED)
     if total is None or int(total["Request Count"]) == 0:
         return [Check("requests made", "> 0", "0", False)]
@@ -64,7 +79,13 @@ def check(stats: dict[str, dict[str, str]], profile: dict) -> list[Check]:
             float(total["Requests/s"]) >= profile["min_rps"],
         ),
     ]
-    for name, limit in profile.get("p99_ms", {}).items():
+    limits = {
+        name: limit
+        for user_class, by_name in profile.get("p99_ms", {}).items()
+        if ran is None or user_class in ran
+        for name, limit in by_name.items()
+    }
+    for name, limit in limits.items():
         row = stats.get(name)
         if row is None or int(row["Request Count"]) == 0:
             checks.append(Check(f"p99 {name}", f"<= {limit} ms", "not requested", False))
@@ -76,20 +97,23 @@ def check(stats: dict[str, dict[str, str]], profile: dict) -> list[Check]:
 
 def report(stats_csv: Path, profile_name: str) -> bool:
     """Print every check; True when all hold."""
-    checks = check(read_stats(stats_csv), load_profile(profile_name))
+    profile, ran = load_profile(profile_name), user_classes_that_ran(stats_csv)
+    checks = check(read_stats(stats_csv), profile, ran)
     print(f"thresholds ({profile_name}) on {stats_csv}:")
     for item in checks:
         print("  " + item.line())
+    if ran is not None and (not_run := sorted(set(profile.get("p99_ms", {})) - set(ran))):
+        print(f"  not judged: the limits of {', '.join(not_run)}, which did not run")
     return all(item.ok for item in checks)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stats_csv", type=Path)
     parser.add_argument("--profile", default="default")
-    args = parser.parse_args()
-    sys.exit(0 if report(args.stats_csv, args.profile) else 1)
+    args = parser.parse_args(argv)
+    return 0 if report(args.stats_csv, args.profile) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

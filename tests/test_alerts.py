@@ -13,6 +13,7 @@ import yaml
 
 from tests.chart.manifests import CHART, generate, load_values
 from tests.declared_metrics import KNOWN_SERIES
+from tests.system_packages import require
 
 OBSERVABILITY = Path(__file__).parent.parent / "observability"
 RULES = OBSERVABILITY / "alerts.yaml"
@@ -37,7 +38,7 @@ def alerts() -> list[dict[str, Any]]:
 
 
 def promtool(*args: str, cwd: Path = OBSERVABILITY) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None, "promtool is missing: `make system-deps` installs prometheus"
+    require("prometheus")
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 

@@ -102,3 +102,18 @@ def test_documented_shed_answer_is_the_servers(docs_server: ServerProcess) -> No
         == 1
     )
     assert metric_total(docs_server, "tabserve_requests_total", code="503") == counted_before
+
+
+def test_every_test_file_the_docs_name_exists() -> None:
+    """`tests/…py` in any page, and the bare `test_….py` names of the README's test list."""
+    pages = [PROJECT / "README.md", *PROJECT.glob("*/README.md"), *PROJECT.glob("docs/*.md")]
+    named = {
+        (page.relative_to(PROJECT).as_posix(), path)
+        for page in pages
+        for path in re.findall(r"\btests/[\w/]+\.py\b", page.read_text())
+    }
+    test_list = (PROJECT / "README.md").read_text().split("\n## Tests\n", 1)[1]
+    named |= {("README.md", f"tests/{name}") for name in re.findall(r"`(test_\w+\.py)`", test_list)}
+    assert len(named) > 20
+    missing = sorted((page, path) for page, path in named if not (PROJECT / path).is_file())
+    assert not missing, missing

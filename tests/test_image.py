@@ -25,6 +25,7 @@ from tabserve.catalog import MODELS
 from tests.data import instances
 from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
 from tests.server import PROJECT
+from tests.system_packages import require
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,7 @@ def _podman(storage_conf: Path) -> tuple[list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    require("buildah", "debootstrap", "debian-archive-keyring", "gpgv", "podman", "runc")
     root = tmp_path_factory.mktemp("containers")
     conf = root / "storage.conf"
     conf.write_text(

@@ -34,6 +34,7 @@ from tests.dashboard_queries import (
 from tests.data import instances
 from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
 from tests.server import ServerProcess
+from tests.system_packages import require
 from tests.test_alerts import rules
 
 # Bounded both ways: at most this many requests, for at most this long; long enough to span
@@ -150,6 +151,7 @@ def _load(server: ServerProcess) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def prometheus(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    require("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     with (
         ServerProcess.start(workdir / "serve.log") as server,

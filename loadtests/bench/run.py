@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,18 +47,18 @@ def batch_rows_per_s(server: RunningServer) -> float:
         return BATCH_REQUESTS * BATCH_ROWS / (time.perf_counter() - started)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds-1", type=int, default=10, help="load time at 1 user")
     parser.add_argument("--seconds-32", type=int, default=15, help="load time at 32 users")
     parser.add_argument("--peers", nargs="*", help="only these servers (default: all)")
     parser.add_argument("--reports", type=Path, default=PROJECT / "reports")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     out = args.reports / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     model = bentoml.models.get("churn:latest")
@@ -103,7 +104,8 @@ def main() -> None:
     report = markdown(runs, ours, extras, context)
     (out / "report.md").write_text(report)
     print(report)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
