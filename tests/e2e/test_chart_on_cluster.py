@@ -332,6 +332,9 @@ def test_scale_by_hand_then_roll_back(service: str) -> None:
     assert "deployed" in history and "superseded" in history, history
     rollback = runbook("helm -n ml-serving rollback tabserve <revision>").replace("<revision>", "1")
     run(f"{rollback} --wait --timeout 10m", timeout=900)
+    # Revision 1 (autoscaled) carries a replica count: Helm's merge once deleted the field here
+    # and Kubernetes set 1, so the release fell to one pod until the HPA acted.
+    assert replicas()[1] >= 2, replicas()
     run(runbook("kubectl -n ml-serving rollout status deployment/tabserve"), timeout=600)
     config = kubectl_json("-n", NAMESPACE, "get", "configmap", "tabserve")["data"]
     assert config["TABSERVE_MAX_INSTANCES"] == "1000"  # revision 1's value again
