@@ -26,6 +26,7 @@ from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.draining import DrainingMiddleware
 from tabserve.http_metrics import endpoint_labeller
 from tabserve.metrics_server import MetricsMovedMiddleware, MetricsServer
+from tabserve.protocols.http import serve_with
 from tabserve.protocols.oip import OpenInference
 from tabserve.schemas import Row
 from tabserve.security_headers import SecurityHeadersMiddleware
@@ -127,7 +128,11 @@ class ModelAPI:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
         metrics.declare_shed_series()
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
-        self.dataplane = DataPlane(self.runner.to_async)
+        self.dataplane = DataPlane(self.runner.to_async, settings)
+        # One of each per worker, shared by every request: the HTTP routes find them in the
+        # app's state, the gRPC server is given the protocol.
+        self.open_inference = OpenInference(self.dataplane, settings)
+        serve_with(http_app, self.dataplane, self.open_inference)
         self.grpc_server: GrpcServer | None = None
         self.metrics_server: MetricsServer | None = None
         bentoml_runtime.freeze_startup_objects()
@@ -151,7 +156,7 @@ class ModelAPI:
             # Imported here, in the API worker only: gRPC costs the arbiter ~9 MB it never uses.
             from tabserve.protocols.grpc.server import GrpcServer
 
-            self.grpc_server = GrpcServer(OpenInference(self.dataplane), settings)
+            self.grpc_server = GrpcServer(self.open_inference, settings)
             await self.grpc_server.start()
 
     @bentoml.on_shutdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput, ServingError
 from tabserve.http_metrics import RestMetricsMiddleware
 from tabserve.protocols import tabpy, v1, v2
+from tabserve.protocols.http import error_response
 from tabserve.runner_calls import CallerHungUp
 from tabserve.schemas import ErrorResponse, request_model
 from tabserve.web import mount_pages
@@ -25,42 +27,48 @@ from tabserve.web import mount_pages
 logger = logging.getLogger(__name__)
 
 
+def _error_body(error: ServingError) -> dict[str, Any]:
+    """The error body of V1 and of every route without its own (the web pages, FastAPI's own
+    checks); V2 and TabPy routes answer in their protocol's body (http.error_route)."""
+    return error.to_response().model_dump(exclude_none=True)
+
+
+def _plain_error(
+    text: str, status_code: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        ErrorResponse(error=text).model_dump(exclude_none=True), status_code, headers
+    )
+
+
 async def _serving_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServingError)
-    return JSONResponse(
-        error.to_response().model_dump(exclude_none=True),
-        status_code=error.status,
-        headers=error.headers,
-    )
+    return error_response(error, _error_body)
 
 
 async def _request_validation_error(_: Request, error: Exception) -> JSONResponse:
     """FastAPI's own checks (path and query parameters), in our error shape."""
     assert isinstance(error, RequestValidationError)
-    return await _serving_error(_, InvalidInput.from_issues(error.errors()))
+    return error_response(InvalidInput.from_issues(error.errors()), _error_body)
 
 
 async def _http_error(_: Request, error: Exception) -> JSONResponse:
     """Starlette's 404/405 and friends, in our error shape."""
     assert isinstance(error, HTTPException)
-    body = ErrorResponse(error=str(error.detail)).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    return _plain_error(str(error.detail), error.status_code, error.headers)
 
 
 async def _client_disconnected(request: Request, _: Exception) -> JSONResponse:
     """The caller hung up before sending the whole body: nobody will read an answer, and it is
     not a server fault, so no traceback. 499 is nginx's code for it; it shows up in metrics."""
     logger.info("client disconnected during %s %s", request.method, request.url.path)
-    return JSONResponse(
-        ErrorResponse(error="client closed request").model_dump(exclude_none=True), status_code=499
-    )
+    return _plain_error("client closed request", 499)
 
 
 async def _unexpected_error(request: Request, _: Exception) -> JSONResponse:
     # A bug, not the caller's fault: the traceback goes to the log, never to the caller.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = ErrorResponse(error="internal error; see the server log").model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=500)
+    return _plain_error("internal error; see the server log", 500)
 
 
 def _openapi_with_request_schemas(app: FastAPI) -> dict[str, Any]:

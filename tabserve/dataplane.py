@@ -1,13 +1,15 @@
-"""The data plane: validated request in, model answer out, whatever protocol carried it.
+"""The data plane: validated rows in, scores out, whatever protocol carried them.
 
-Every protocol front end (the V1 REST routes, later the Open Inference Protocol and TabPy) calls
-this one object, so validation, the runner call and the response shape exist once.
+Every protocol front end (V1 REST, the Open Inference Protocol over REST and gRPC, TabPy) turns
+its request into rows (tabserve.instances validates them), calls this one object, and renders
+its `Scores` in its own shape. service.py makes one per API worker and hands it to the routes
+(app state) and to the gRPC server.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,16 +18,14 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import pydantic_core
 from bentoml.exceptions import BentoMLException
 
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import ModelNotFound, ModelUnavailable
-from tabserve.instances import validated_rows
 from tabserve.runner_calls import MergedCalls, within_deadline
 from tabserve.schemas import ModelInfo, Row
-from tabserve.settings import get_settings
+from tabserve.settings import Settings
 
 # How long a readiness answer is reused: probes, the gRPC health loop and clients all ask, and the
 # runner is asked at most once per interval per API worker.
@@ -44,25 +44,16 @@ class Scores:
     spec: ModelSpec
     tag: str  # the model that answered (name:version)
     probabilities: np.ndarray  # (rows, classes), columns in spec.class_names order
+    best: np.ndarray  # (rows,): the index of each row's most probable class
 
     @cached_property
     def labels(self) -> list[str]:
         """The most probable class of each row."""
         classes = self.spec.class_names
-        return [classes[index] for index in self.probabilities.argmax(axis=1).tolist()]
+        return [classes[index] for index in self.best.tolist()]
 
     def class_probabilities(self, class_name: str) -> list[float]:
         return self.probabilities[:, self.spec.class_names.index(class_name)].tolist()
-
-    def v1_json(self) -> bytes:
-        """The V1 body (schemas.PredictResponse), serialized straight from the arrays: a
-        pydantic object per row cost 7 ms per 1000 rows, this ~1 ms."""
-        classes = self.spec.class_names
-        predictions = [
-            {"label": label, "probabilities": dict(zip(classes, row, strict=True))}
-            for label, row in zip(self.labels, self.probabilities.tolist(), strict=True)
-        ]
-        return pydantic_core.to_json({"predictions": predictions, "model": self.tag})
 
 
 @contextmanager
@@ -88,10 +79,19 @@ def runner_faults_unavailable(timeout_s: float) -> Iterator[None]:
 
 
 class DataPlane:
-    def __init__(self, runner: Any) -> None:
+    """The models of the catalog behind one runner: what is loaded, whether it is ready, and
+    rows in, scores out. Protocols resolve the model (`spec`) and validate the rows themselves
+    (tabserve.instances), then call `predict`."""
+
+    def __init__(
+        self, runner: Any, settings: Settings, models: Mapping[str, ModelSpec] = MODELS
+    ) -> None:
         # `runner`: awaitable calls to service.ModelRunner (its dependency proxy's `to_async`).
         self._runner = runner
-        self._timeout_s = get_settings().runner_timeout_s
+        self._models = models
+        self._timeout_s = settings.runner_timeout_s
+        self._max_rows = settings.batch_max_size
+        self._max_in_flight = settings.runner_calls_in_flight
         self._infos: dict[str, ModelInfo] | None = None
         self._merged_calls: dict[str, MergedCalls] = {}
         self._ready = False
@@ -123,7 +123,7 @@ class DataPlane:
             self._recheck_ready_at = float("inf")  # one check at a time
             try:
                 await self._describe()
-                self._ready = set(self._infos or ()) == set(MODELS)
+                self._ready = set(self._infos or ()) == set(self._models)
             except ModelUnavailable:
                 self._ready = False
             finally:
@@ -131,42 +131,34 @@ class DataPlane:
         return self._ready
 
     def spec(self, model_name: str) -> ModelSpec:
+        """The model a request names: looked up once per request, by its protocol's route."""
         try:
-            return MODELS[model_name]
+            return self._models[model_name]
         except KeyError:
             raise ModelNotFound(
-                f"unknown model {model_name!r}; available: {', '.join(MODELS)}"
+                f"unknown model {model_name!r}; available: {', '.join(self._models)}"
             ) from None
 
-    async def model_info(self, model_name: str) -> ModelInfo:
-        self.spec(model_name)
-        return (await self.model_infos())[model_name]
+    async def model_info(self, spec: ModelSpec) -> ModelInfo:
+        return (await self.model_infos())[spec.name]
 
     # --- prediction -------------------------------------------------------------------------
-    def parse_rows(self, model_name: str, body: bytes) -> list[Row]:
-        """JSON body -> rows in feature order, or a 400/422 naming the field and the reason."""
-        self.spec(model_name)
-        return validated_rows(model_name, body)
-
-    async def predict_rows(self, model_name: str, rows: list[Row]) -> Scores:
-        spec = self.spec(model_name)
-        info = await self.model_info(model_name)
+    async def predict(self, spec: ModelSpec, rows: list[Row]) -> Scores:
+        """Validated rows (tabserve.instances) -> the loaded model's probabilities for them."""
+        info = await self.model_info(spec)
         with runner_faults_unavailable(self._timeout_s):
-            probabilities = await self._runner_calls(model_name).predict(rows)
-        metrics.record_predictions(spec, info.tag, probabilities)
-        return Scores(spec, info.tag, probabilities)
+            probabilities = await self._runner_calls(spec.name).predict(rows)
+        best = probabilities.argmax(axis=1)
+        metrics.record_predictions(spec, info.tag, probabilities, best)
+        return Scores(spec, info.tag, probabilities, best)
 
     def _runner_calls(self, model_name: str) -> MergedCalls:
         # Made on first use: BentoML's client learns the runner's API names when it connects.
         if model_name not in self._merged_calls:
-            settings = get_settings()
             self._merged_calls[model_name] = MergedCalls(
                 getattr(self._runner, runner_api_name(model_name)),
-                max_rows=settings.batch_max_size,
-                max_in_flight=settings.runner_calls_in_flight,
+                max_rows=self._max_rows,
+                max_in_flight=self._max_in_flight,
                 timeout_s=self._timeout_s,
             )
         return self._merged_calls[model_name]
-
-    async def predict(self, model_name: str, body: bytes) -> Scores:
-        return await self.predict_rows(model_name, self.parse_rows(model_name, body))

@@ -6,9 +6,12 @@ shape in one place. Anything else that escapes is a bug: logged, and answered 50
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, get_args
+
+from pydantic import ValidationError
+from pydantic_core import core_schema
 
 from tabserve.schemas import ErrorDetail, ErrorResponse
 from tabserve.settings import get_settings
@@ -18,6 +21,10 @@ from tabserve.settings import get_settings
 MESSAGE_CHARS = 500
 FIELD_CHARS = 100
 REASON_CHARS = 300
+
+_PYDANTIC_ERROR_TYPES = frozenset(get_args(core_schema.ErrorType))
+# Renames a pydantic problem's location (see InvalidInput.from_issues).
+Locate = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 def clip(text: str, limit: int) -> str:
@@ -30,9 +37,13 @@ class ServingError(Exception):
 
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
     headers: ClassVar[Mapping[str, str]] = {}  # extra HTTP response headers
+    # The `reason` label of a refused prediction request (tabserve_rejected_inputs_total):
+    # this, else the class name; InvalidInput.from_issues sets pydantic's error type.
+    counted_as: ClassVar[str | None] = None
 
     def __init__(self, message: str, details: Sequence[ErrorDetail] = (), omitted: int = 0) -> None:
         super().__init__(message)
+        self.reason_label = self.counted_as or type(self).__name__
         shown = get_settings().max_error_details
         self.message = clip(message, MESSAGE_CHARS)
         self.details = [
@@ -62,11 +73,20 @@ class ServingError(Exception):
             error=self.message, details=self.details, details_omitted=self.omitted or None
         )
 
+    def one_line(self) -> str:
+        """The message naming every problem listed, for bodies without a details list (Open
+        Inference REST, gRPC status messages)."""
+        if not self.details:
+            return self.message
+        text = "; ".join(f"{detail.field}: {detail.reason}" for detail in self.details)
+        return f"{text}; and {self.omitted} more" if self.omitted else text
+
 
 class MalformedRequest(ServingError):
     """The body is not JSON at all."""
 
     status = HTTPStatus.BAD_REQUEST
+    counted_as = "json_invalid"  # pydantic's name for it, the reason dashboards already show
 
 
 class ModelNotFound(ServingError):
@@ -91,14 +111,24 @@ class InvalidInput(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
     @classmethod
-    def from_issues(cls, issues: Sequence[Mapping[str, Any]]) -> InvalidInput:
+    def from_issues(
+        cls, issues: Sequence[Mapping[str, Any]], locate: Locate | None = None
+    ) -> InvalidInput:
         """From pydantic's error list (`ValidationError.errors()`, FastAPI's `.errors()`); only
-        the details shown are built."""
+        the details shown are built. `locate` renames a problem's location for protocols that
+        do not speak in instances."""
         shown = issues[: get_settings().max_error_details]
         details = [
-            ErrorDetail(field=field_path(issue["loc"]), reason=_reason(issue)) for issue in shown
+            ErrorDetail(field=field_path(located["loc"]), reason=_reason(located))
+            for located in (map(locate, shown) if locate else shown)
         ]
-        return cls.listing(details, len(issues))
+        error = cls.listing(details, len(issues))
+        error.reason_label = _pydantic_type(issues)
+        return error
+
+    @classmethod
+    def from_validation(cls, error: ValidationError, locate: Locate | None = None) -> InvalidInput:
+        return cls.from_issues(error.errors(include_url=False), locate)
 
 
 class ModelUnavailable(ServingError):
@@ -114,6 +144,13 @@ def field_path(location: Sequence[Any]) -> str:
     for part in location:
         path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path or "body"
+
+
+def _pydantic_type(issues: Sequence[Mapping[str, Any]]) -> str:
+    """The pydantic error type of the first problem, e.g. 'missing' or 'less_than_equal': a
+    label value from pydantic's fixed list."""
+    kind = issues[0]["type"] if issues else "other"
+    return kind if kind in _PYDANTIC_ERROR_TYPES else "other"
 
 
 def _reason(issue: Mapping[str, Any]) -> str:

@@ -3,10 +3,12 @@
 Every front end ends in `validated_rows`: V1 bodies and TabPy columns, query strings and CSV
 cells (turned into instances, feature -> value dicts, first), Open Inference tensors. So every
 door applies the same limits and the same rules, and names a bad value the same way
-(`instances[i].<feature>`). The limits come first, before any per-value work: a body is
-refused on its bytes when it holds more JSON values than a valid request can
-(`parse_json`), then on its instance count and keys per instance (`check_bounds`), so a hostile
-request costs work in proportion to what a valid one may send, not to what it did send.
+(`instances[i].<feature>`); and every door decodes and validates inside `refusals_counted`, so
+each refused request is counted once, whatever refused it. The limits come first, before any
+per-value work: a body is refused on its bytes when it holds more JSON values than a valid
+request can (`parse_json`), then on its instance count and keys per instance (`check_bounds`),
+so a hostile request costs work in proportion to what a valid one may send, not to what it did
+send.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from pydantic import BaseModel, ValidationError
 
 from tabserve import metrics
 from tabserve.catalog import MODELS
-from tabserve.errors import InvalidInput, MalformedRequest, PayloadTooLarge, ServingError
+from tabserve.errors import InvalidInput, Locate, MalformedRequest, PayloadTooLarge, ServingError
 from tabserve.features import Feature, Kind
 from tabserve.schemas import ErrorDetail, Row, request_model
 from tabserve.settings import get_settings
-
-Issue = dict[str, Any]
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -176,16 +176,40 @@ def check_bounds(payload: Any) -> None:
         raise InvalidInput.listing(crowded)
 
 
+class _RefusalsCounted:
+    """See `refusals_counted`; made once per model and reused, so a request allocates nothing."""
+
+    def __init__(self, model_name: str) -> None:
+        self._model_name = model_name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> None:
+        if isinstance(error, ServingError):
+            metrics.record_rejection(self._model_name, error.reason_label)
+
+
+@cache
+def refusals_counted(model_name: str) -> _RefusalsCounted:
+    """The one place a prediction request's refusal is counted: every protocol decodes and
+    validates a request for a known model inside `with refusals_counted(model):`, and whatever
+    ServingError leaves it (not JSON, over a limit, a bad tensor, a value the schema refuses) is
+    counted once in tabserve_rejected_inputs_total{model, reason} and passes on, for the
+    protocol to render."""
+    return _RefusalsCounted(model_name)
+
+
 def validated_rows(
-    model_name: str,
-    payload: bytes | dict[str, Any],
-    locate: Callable[[Issue], Issue] | None = None,
+    model_name: str, payload: bytes | dict[str, Any], locate: Locate | None = None
 ) -> list[Row]:
     """A request body (JSON bytes) or an already-parsed one -> rows in the model's feature
     order. A body that is not JSON is a MalformedRequest, one over a limit a PayloadTooLarge or
     InvalidInput, one that does not fit the schema an InvalidInput naming each bad field
-    (`instances[3].age: Input should be less than or equal to 120`); each is counted once.
-    `locate` renames a problem's location for protocols that do not speak in instances."""
+    (`instances[3].age: Input should be less than or equal to 120`). `locate` renames a
+    problem's location for protocols that do not speak in instances."""
     model = request_model(model_name)
     try:
         if isinstance(payload, bytes):
@@ -194,14 +218,7 @@ def validated_rows(
             check_bounds(payload)
             request = model.model_validate(payload)
     except ValidationError as error:
-        issues = error.errors(include_url=False)
-        metrics.record_rejection(model_name, metrics.rejection_reason(issues))
-        raise InvalidInput.from_issues([locate(i) for i in issues] if locate else issues) from None
-    except ServingError as error:
-        # Not JSON keeps pydantic's name for it, the reason dashboards already show.
-        malformed = isinstance(error, MalformedRequest)
-        metrics.record_rejection(model_name, "json_invalid" if malformed else type(error).__name__)
-        raise
+        raise InvalidInput.from_validation(error, locate) from None
     return rows_of(model_name, request)
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import time
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic_core import core_schema
 
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.schemas import ModelInfo
@@ -33,7 +32,6 @@ UNKNOWN = "<unknown>"
 UNMATCHED_ROUTE = "<unmatched>"
 
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_PYDANTIC_ERROR_TYPES = frozenset(typing.get_args(core_schema.ErrorType))
 
 # Latencies from a sub-millisecond cached GET to a 1000-row batch on a busy 2-core pod.
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -171,21 +169,18 @@ def model_label(model_name: str) -> str:
     return model_name if model_name in MODELS else UNKNOWN
 
 
-def rejection_reason(issues: Sequence[Mapping[str, Any]]) -> str:
-    """The pydantic error type of the first problem, e.g. 'missing' or 'less_than_equal'."""
-    kind = issues[0]["type"] if issues else "other"
-    return kind if kind in _PYDANTIC_ERROR_TYPES else "other"
-
-
 def record_rejection(model_name: str, reason: str) -> None:
     """One refused prediction request, counted once however many problems it had. `reason` is
-    `rejection_reason(issues)` or a tabserve error class name (e.g. 'PayloadTooLarge')."""
+    the refusal's `ServingError.reason_label`: pydantic's error type of its first problem or a
+    tabserve error class name (e.g. 'PayloadTooLarge')."""
     REJECTED_INPUTS.labels(model_label(model_name), reason).inc()
 
 
-def record_predictions(spec: ModelSpec, tag: str, probabilities: np.ndarray) -> None:
+def record_predictions(
+    spec: ModelSpec, tag: str, probabilities: np.ndarray, best: np.ndarray
+) -> None:
+    """`best`: each row's most probable class index (the data plane's argmax, taken once)."""
     version = version_of(tag)
-    best = probabilities.argmax(axis=1)
     for index, count in enumerate(np.bincount(best, minlength=len(spec.class_names))):
         if count:
             PREDICTIONS.labels(spec.name, version, spec.class_names[index]).inc(int(count))

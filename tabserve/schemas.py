@@ -99,16 +99,6 @@ def request_model(model_name: str) -> type[BaseModel]:
     )
 
 
-class Prediction(BaseModel):
-    label: str = Field(description="The most probable class.")
-    probabilities: dict[str, float] = Field(description="Probability of every class.")
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-    model: str = Field(description="Tag of the model that answered (name:version).")
-
-
 class ErrorDetail(BaseModel):
     field: str = Field(description="Where the problem is, e.g. 'instances[0].age'.")
     reason: str = Field(description="What is wrong with it.")

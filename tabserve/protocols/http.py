@@ -1,5 +1,6 @@
-"""Shared by the HTTP front ends: reading a bounded JSON body, finding the data plane, and
-answering errors in each protocol's own error body."""
+"""Shared by the HTTP front ends: reading a bounded JSON body, the data plane and the Open
+Inference protocol of this worker (app state, set once by service.py), and the one way a
+ServingError becomes an HTTP answer, in each protocol's own error body."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import bentoml
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,13 +21,25 @@ from tabserve.errors import (
     UnsupportedMediaType,
     clip,
 )
+from tabserve.protocols.oip import OpenInference
 from tabserve.settings import get_settings
 
 
-async def dataplane() -> DataPlane:
-    """FastAPI dependency: the data plane of the running API service instance. Async, so
-    FastAPI calls it on the event loop instead of handing it to a worker thread per request."""
-    return bentoml.get_current_service().dataplane
+def serve_with(app: FastAPI, plane: DataPlane, protocol: OpenInference) -> None:
+    """Give the app's routes this worker's data plane and Open Inference protocol, made once
+    when the worker starts (service.py: the runner client exists only then)."""
+    app.state.dataplane = plane
+    app.state.open_inference = protocol
+
+
+# FastAPI dependencies. Async, so FastAPI calls them on the event loop instead of handing each
+# to a worker thread per request.
+async def dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+async def open_inference(request: Request) -> OpenInference:
+    return request.app.state.open_inference
 
 
 def _is_json(content_type: str) -> bool:
@@ -86,9 +99,18 @@ async def _drain(request: Request, chunks: AsyncIterator[bytes], declared: int |
             return
 
 
-def error_route(render: Callable[[ServingError], dict[str, Any]]) -> type[APIRoute]:
-    """A route class answering ServingErrors with `render(error)` as the JSON body, so a
-    protocol with its own error shape (V2, TabPy) keeps the status table of errors.py."""
+ErrorBody = Callable[[ServingError], dict[str, Any]]
+
+
+def error_response(error: ServingError, body: ErrorBody) -> JSONResponse:
+    """The HTTP answer to a ServingError, for every protocol: the status and headers of its
+    class (errors.py), the body in the protocol's shape."""
+    return JSONResponse(body(error), status_code=error.status, headers=error.headers)
+
+
+def error_route(body: ErrorBody) -> type[APIRoute]:
+    """A route class answering ServingErrors with `body(error)`, for a protocol with its own
+    error shape (V2, TabPy); the app answers the others' in the V1 shape (app.py)."""
 
     class ProtocolErrorRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
@@ -98,9 +120,7 @@ def error_route(render: Callable[[ServingError], dict[str, Any]]) -> type[APIRou
                 try:
                     return await handler(request)
                 except ServingError as error:
-                    return JSONResponse(
-                        render(error), status_code=error.status, headers=error.headers
-                    )
+                    return error_response(error, body)
 
             return handle
 

@@ -1,9 +1,11 @@
-"""The Open Inference Protocol (KServe V2) translation layer, shared by REST and gRPC.
+"""The Open Inference Protocol (KServe V2) operations, shared by REST and gRPC, and the mapping
+of a model's features to tensors.
 
-Both transports turn their wire format into the neutral objects here (`Tensor`,
-`InferenceRequest`) and call `OpenInference`; it maps tensors to the model's rows, validates the
+Both transports resolve the model (`DataPlane.spec`), decode their wire format into the neutral
+objects here (`Tensor` from tabserve.protocols.tensors, `InferenceRequest`) inside
+`refusals_counted`, and call `OpenInference`; it maps tensors to the model's rows, validates the
 feature values with the model's own pydantic schema, calls the data plane and maps the answer
-back to tensors. No transport touches a model, a schema or the data plane by itself.
+back to tensors. No transport touches a schema or calls the data plane's prediction itself.
 
 How a model's features map to tensors (docs/protocols.md has the full table):
 * one input tensor per feature, named after it, shape [N] or [N, 1] (one value per row);
@@ -19,10 +21,8 @@ How a model's features map to tensors (docs/protocols.md has the full table):
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -30,34 +30,22 @@ import numpy as np
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
 from tabserve.dataplane import DataPlane, Scores
-from tabserve.errors import ModelNotFound, ServingError
+from tabserve.errors import ModelNotFound
 from tabserve.features import Feature, Kind
-from tabserve.instances import validated_rows
-from tabserve.schemas import Row
-from tabserve.settings import get_settings
+from tabserve.instances import refusals_counted, validated_rows
+from tabserve.protocols.tensors import (
+    FLOAT_TYPES,
+    INTEGER_TYPES,
+    NUMPY_TYPES,
+    InvalidTensor,
+    Tensor,
+)
+from tabserve.schemas import ModelInfo, Row
+from tabserve.settings import Settings
 
 SERVER_NAME = "tabserve"
 # The HTTP binary tensor data extension (Triton's name for it): tritonclient's default encoding.
 EXTENSIONS = ("binary_tensor_data",)
-
-# Little-endian, as the protocol's raw contents are.
-NUMPY_TYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
-INTEGER_TYPES = frozenset(name for name in NUMPY_TYPES if name.startswith(("INT", "UINT")))
-FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 
 # The datatype model metadata declares per feature kind, and every datatype accepted for it.
 DECLARED_TYPES = {
@@ -78,159 +66,12 @@ _ACCEPTED_TYPES = {
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
 OUTPUT_NAMES = (LABEL_OUTPUT, PROBABILITIES_OUTPUT)
-_BYTES_LENGTH = struct.Struct("<I")
-
-
-class InvalidTensor(ServingError):
-    """A tensor that breaks the protocol or the model's tensor layout (name, shape, datatype,
-    element count); feature values themselves are judged by the model's schema (InvalidInput)."""
-
-    status = HTTPStatus.BAD_REQUEST
-
-
-def error_text(error: ServingError) -> str:
-    """The one-line message of the protocol's error body, naming every problem listed."""
-    if not error.details:
-        return error.message
-    text = "; ".join(f"{detail.field}: {detail.reason}" for detail in error.details)
-    return f"{text}; and {error.omitted} more" if error.omitted else text
-
-
-# --- tensors ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tensor:
-    """A named tensor: `data` holds its elements flattened in row-major order (BYTES elements as
-    `bytes` in an object array)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: np.ndarray
-
-    @classmethod
-    def from_values(
-        cls, name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]
-    ) -> Tensor:
-        """From typed values (JSON `data`, gRPC `contents`): each must be of the datatype's kind
-        (no float silently truncated into an INT64, no string read as a number)."""
-        dtype = numpy_type(name, datatype)
-        expected = _element_count(name, shape)
-        if len(values) != expected:
-            raise InvalidTensor(
-                f"input {name!r}: shape {list(shape)} needs {expected} elements, got {len(values)}"
-            )
-        values = list(values)  # read only now that their number is known to be bounded
-        if datatype == "BYTES":
-            elements = [_as_bytes(name, value) for value in values]
-            return cls(name, datatype, tuple(shape), np.array(elements, dtype=object))
-        allowed = _PYTHON_TYPES[datatype[:2]]
-        for value in values:
-            if type(value) not in allowed:
-                raise InvalidTensor(f"input {name!r}: {value!r} is not a {datatype} value")
-        try:
-            data = np.array(values, dtype=dtype)
-        except OverflowError:
-            raise InvalidTensor(f"input {name!r}: a value is out of range for {datatype}") from None
-        return cls(name, datatype, tuple(shape), data)
-
-    @classmethod
-    def from_raw(cls, name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
-        """From raw little-endian bytes (gRPC raw_input_contents, HTTP binary tensor data)."""
-        dtype = numpy_type(name, datatype)
-        expected = _element_count(name, shape)
-        if datatype == "BYTES":
-            data = np.array(_split_bytes(name, raw, expected), dtype=object)
-        elif len(raw) % dtype.itemsize:
-            raise InvalidTensor(
-                f"input {name!r}: {len(raw)} raw bytes are not a whole number of "
-                f"{datatype} elements ({dtype.itemsize} bytes each)"
-            )
-        else:
-            data = np.frombuffer(raw, dtype=dtype)
-        if len(data) != expected:
-            got = "more" if len(data) > expected else len(data)  # BYTES: split no further
-            raise InvalidTensor(
-                f"input {name!r}: shape {list(shape)} needs {expected} elements, got {got}"
-            )
-        return cls(name, datatype, tuple(shape), data)
-
-    def to_raw(self) -> bytes:
-        if self.datatype == "BYTES":
-            return b"".join(_BYTES_LENGTH.pack(len(value)) + value for value in self.data)
-        return np.ascontiguousarray(self.data, dtype=NUMPY_TYPES[self.datatype]).tobytes()
-
-    def to_json_values(self) -> list[Any]:
-        """Flat JSON-ready elements; BYTES as text (our outputs are always UTF-8)."""
-        if self.datatype == "BYTES":
-            return [value.decode() for value in self.data]
-        return self.data.tolist()
-
-
-# Python types a typed value may have, per datatype family ("BO"OL, "IN"T, "UI"NT, "FP").
-_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
-    "BO": (bool,),
-    "IN": (int,),
-    "UI": (int,),
-    "FP": (float, int),
-}
-
-
-def numpy_type(name: str, datatype: str) -> np.dtype:
-    try:
-        return NUMPY_TYPES[datatype]
-    except KeyError:
-        raise InvalidTensor(
-            f"input {name!r}: unknown datatype {datatype!r}; one of {', '.join(NUMPY_TYPES)}"
-        ) from None
-
-
-def _element_count(name: str, shape: Sequence[int]) -> int:
-    """Elements the shape declares, refused before any element is read when a valid request
-    could not have them (one value per row, at most max_instances rows): a gRPC message or a
-    raw BYTES tensor of millions of tiny elements would otherwise cost seconds and hundreds of
-    MB to unpack before the batch size check."""
-    if any(dimension < 0 for dimension in shape):
-        raise InvalidTensor(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
-    limit = get_settings().max_instances
-    if count > limit:
-        if shape[0] > limit:
-            raise InvalidTensor(f"input {name!r}: batch size {shape[0]} is outside 1..{limit} rows")
-        raise InvalidTensor(
-            f"input {name!r} has shape {list(shape)}; expected [N] or [N, 1] (one value per row)"
-        )
-    return count
-
-
-def _as_bytes(name: str, value: Any) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes):
-        return value
-    raise InvalidTensor(f"input {name!r}: {value!r} is not a BYTES value (a string)")
-
-
-def _split_bytes(name: str, raw: bytes, expected: int) -> list[bytes]:
-    """Raw BYTES: each element is a 4-byte little-endian length, then that many bytes. Stops
-    one element past `expected` (the caller refuses the count): the data is never split further."""
-    elements = []
-    offset = 0
-    while offset < len(raw) and len(elements) <= expected:
-        if offset + _BYTES_LENGTH.size > len(raw):
-            raise InvalidTensor(f"input {name!r}: raw BYTES data ends inside a length prefix")
-        (length,) = _BYTES_LENGTH.unpack_from(raw, offset)
-        offset += _BYTES_LENGTH.size
-        if offset + length > len(raw):
-            raise InvalidTensor(f"input {name!r}: raw BYTES element runs past the end of the data")
-        elements.append(raw[offset : offset + length])
-        offset += length
-    return elements
 
 
 # --- requests, responses, metadata --------------------------------------------------------------
 @dataclass(frozen=True)
 class InferenceRequest:
-    model_name: str
+    spec: ModelSpec  # the model, resolved by the transport before it decoded the tensors
     inputs: list[Tensor]
     model_version: str = ""  # "" = the loaded version
     id: str = ""
@@ -271,10 +112,12 @@ class ServerMetadata:
 
 # --- the protocol ------------------------------------------------------------------------------
 class OpenInference:
-    """The protocol's operations over the data plane; REST and gRPC are thin transports."""
+    """The protocol's operations over the data plane; REST and gRPC are thin transports. Made
+    once per API worker (service.py)."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
         self.plane = plane
+        self._max_rows = settings.max_instances
 
     @staticmethod
     def server_metadata() -> ServerMetadata:
@@ -285,16 +128,15 @@ class OpenInference:
 
     async def model_ready(self, model_name: str, version: str = "") -> bool:
         """Raises ModelNotFound for an unknown model or version; False while still loading."""
-        self.plane.spec(model_name)
+        spec = self.plane.spec(model_name)
         if not await self.plane.ready():
             return False
-        await self._loaded_version(model_name, version)
+        await self._loaded(spec, version)
         return True
 
     async def model_metadata(self, model_name: str, version: str = "") -> ModelMetadata:
         spec = self.plane.spec(model_name)
-        loaded = await self._loaded_version(model_name, version)
-        info = await self.plane.model_info(model_name)
+        info = await self._loaded(spec, version)
         properties: dict[str, Any] = {
             "tag": info.tag,
             "title": spec.title,
@@ -304,7 +146,7 @@ class OpenInference:
             properties["positive_class"] = spec.positive_class
         return ModelMetadata(
             name=spec.name,
-            versions=[loaded],
+            versions=[metrics.version_of(info.tag)],
             platform=spec.framework,
             inputs=[TensorMetadata(f.name, DECLARED_TYPES[f.kind], (-1,)) for f in spec.features],
             outputs=[
@@ -315,32 +157,29 @@ class OpenInference:
         )
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        spec = self.plane.spec(request.model_name)
-        version = await self._loaded_version(spec.name, request.model_version)
-        try:
+        spec = request.spec
+        info = await self._loaded(spec, request.model_version)
+        with refusals_counted(spec.name):
             _check_outputs(spec, request.outputs)
-            rows = _rows(spec, request.inputs)
-        except InvalidTensor:
-            metrics.record_rejection(spec.name, InvalidTensor.__name__)
-            raise
-        answer = await self.plane.predict_rows(spec.name, rows)
-        outputs = _output_tensors(answer)
+            rows = _rows(spec, request.inputs, self._max_rows)
+        outputs = _output_tensors(await self.plane.predict(spec, rows))
         wanted = request.outputs or list(OUTPUT_NAMES)
         return InferenceResponse(
             model_name=spec.name,
-            model_version=version,
+            model_version=metrics.version_of(info.tag),
             id=request.id,
             outputs=[outputs[name] for name in wanted],
         )
 
-    async def _loaded_version(self, model_name: str, version: str) -> str:
-        """The loaded model's version; ModelNotFound when another version is asked for."""
-        loaded = metrics.version_of((await self.plane.model_info(model_name)).tag)
+    async def _loaded(self, spec: ModelSpec, version: str) -> ModelInfo:
+        """The loaded model; ModelNotFound when another version than the loaded one is asked for."""
+        info = await self.plane.model_info(spec)
+        loaded = metrics.version_of(info.tag)
         if version and version != loaded:
             raise ModelNotFound(
-                f"model {model_name!r} has no version {version!r}; the loaded version is {loaded}"
+                f"model {spec.name!r} has no version {version!r}; the loaded version is {loaded}"
             )
-        return loaded
+        return info
 
 
 def _check_outputs(spec: ModelSpec, requested: list[str]) -> None:
@@ -351,10 +190,10 @@ def _check_outputs(spec: ModelSpec, requested: list[str]) -> None:
             )
 
 
-def _rows(spec: ModelSpec, tensors: list[Tensor]) -> list[Row]:
+def _rows(spec: ModelSpec, tensors: list[Tensor], max_rows: int) -> list[Row]:
     """Input tensors -> rows in the spec's feature order, validated by the model's schema."""
     by_name = _tensors_by_feature(spec, tensors)
-    batch = _batch_size(by_name)
+    batch = _batch_size(by_name, max_rows)
     columns = {
         feature.name: _column(feature, by_name[feature.name])
         for feature in spec.features
@@ -382,7 +221,7 @@ def _tensors_by_feature(spec: ModelSpec, tensors: list[Tensor]) -> dict[str, Ten
     return by_name
 
 
-def _batch_size(by_name: dict[str, Tensor]) -> int:
+def _batch_size(by_name: dict[str, Tensor], limit: int) -> int:
     """Every input is one value per row, shape [N] or [N, 1], with the same N."""
     sizes = {}
     for name, tensor in by_name.items():
@@ -396,7 +235,6 @@ def _batch_size(by_name: dict[str, Tensor]) -> int:
         described = ", ".join(f"{name} {size}" for name, size in sizes.items())
         raise InvalidTensor(f"inputs must have the same number of rows; got {described}")
     batch = next(iter(sizes.values()))
-    limit = get_settings().max_instances
     if not 1 <= batch <= limit:
         raise InvalidTensor(f"batch size {batch} is outside 1..{limit} rows")
     return batch
@@ -435,7 +273,7 @@ def _from_float(feature: Feature, value: float) -> Any:
     return value
 
 
-def _tensor_issue(issue: dict[str, Any]) -> dict[str, Any]:
+def _tensor_issue(issue: Mapping[str, Any]) -> Mapping[str, Any]:
     """Name a schema problem by tensor and row: ('instances', 3, 'age') -> ('age', 3)."""
     location = issue["loc"]
     if len(location) >= 3 and location[0] == "instances":

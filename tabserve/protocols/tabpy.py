@@ -30,9 +30,15 @@ from tabserve import __version__
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.dataplane import DataPlane, Scores
 from tabserve.errors import InvalidInput, ModelNotFound, ServingError
-from tabserve.instances import check_instance_count, loosen, parse_json, validate_instances
+from tabserve.instances import (
+    check_instance_count,
+    loosen,
+    parse_json,
+    refusals_counted,
+    validated_rows,
+)
 from tabserve.protocols.http import dataplane, error_route, read_json_body
-from tabserve.schemas import ErrorDetail
+from tabserve.schemas import ErrorDetail, Row
 from tabserve.settings import get_settings
 
 SCRIPT_FORM = "return tabpy.query('<endpoint>', _arg1, ..., _argN)['response']"
@@ -130,7 +136,7 @@ def _parse_body(model: type[Body], body: bytes) -> Body:
     try:
         return model.model_validate(parse_json(body))
     except ValidationError as error:
-        raise InvalidInput.from_issues(error.errors(include_url=False)) from None
+        raise InvalidInput.from_validation(error) from None
 
 
 # --- columns -> rows -> answer --------------------------------------------------------------------
@@ -172,9 +178,8 @@ def _positional(target: Endpoint, columns: list[Any]) -> dict[str, list[Any]]:
     }
 
 
-async def _answer(plane: DataPlane, target: Endpoint, columns: dict[str, list[Any]]) -> list[Any]:
-    rows = validate_instances(target.spec.name, _instances(target.spec, columns))
-    return target.answer(await plane.predict_rows(target.spec.name, rows))
+def _rows(target: Endpoint, columns: dict[str, list[Any]]) -> list[Row]:
+    return validated_rows(target.spec.name, {"instances": _instances(target.spec, columns)})
 
 
 # --- /evaluate's one accepted script --------------------------------------------------------------
@@ -284,23 +289,27 @@ async def list_endpoints() -> dict[str, dict[str, Any]]:
 @router.post("/query/{name}", summary="Query an endpoint with columns of feature values")
 async def query(name: str, request: Request, plane: Plane) -> dict[str, Any]:
     target = find_endpoint(name)
-    body = _parse_body(QueryBody, await read_json_body(request))
-    if isinstance(body.data, list):
-        columns = _positional(target, body.data)
-    else:
-        columns = {feature: _as_column(column) for feature, column in body.data.items()}
-    info = await plane.model_info(target.spec.name)
+    raw = await read_json_body(request)
+    with refusals_counted(target.spec.name):
+        body = _parse_body(QueryBody, raw)
+        if isinstance(body.data, list):
+            columns = _positional(target, body.data)
+        else:
+            columns = {feature: _as_column(column) for feature, column in body.data.items()}
+        rows = _rows(target, columns)
+    scores = await plane.predict(target.spec, rows)
     return {
-        "response": await _answer(plane, target, columns),
+        "response": target.answer(scores),
         "version": _ENDPOINT_VERSION,
         "model": target.name,
         "uuid": str(uuid.uuid4()),
-        "tag": info.tag,
+        "tag": scores.tag,
     }
 
 
 @router.post("/evaluate", summary="Tableau's SCRIPT_* call, restricted to one tabpy.query")
 async def evaluate(request: Request, plane: Plane) -> list[Any]:
+    # Refusals before the script names its endpoint are not counted: they belong to no model.
     body = _parse_body(EvaluateBody, await read_json_body(request))
     name, names = parse_script(body.script)
     if name not in ENDPOINTS:
@@ -308,5 +317,6 @@ async def evaluate(request: Request, plane: Plane) -> list[Any]:
             "script", f"unknown endpoint {name!r}; available: {', '.join(ENDPOINTS)}"
         )
     target = ENDPOINTS[name]
-    columns = _positional(target, _script_columns(target, names, body.data))
-    return await _answer(plane, target, columns)
+    with refusals_counted(target.spec.name):
+        rows = _rows(target, _positional(target, _script_columns(target, names, body.data)))
+    return target.answer(await plane.predict(target.spec, rows))

@@ -21,19 +21,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tabserve.dataplane import DataPlane
 from tabserve.errors import ModelUnavailable, clip, field_path
-from tabserve.instances import parse_json
-from tabserve.protocols.http import dataplane, decimal, error_route, read_json_body
-from tabserve.protocols.oip import (
-    OUTPUT_NAMES,
-    InferenceRequest,
-    InferenceResponse,
-    InvalidTensor,
-    OpenInference,
-    Tensor,
-    error_text,
-)
+from tabserve.instances import parse_json, refusals_counted
+from tabserve.protocols.http import decimal, error_route, open_inference, read_json_body
+from tabserve.protocols.oip import OUTPUT_NAMES, InferenceRequest, InferenceResponse, OpenInference
+from tabserve.protocols.tensors import InvalidTensor, Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
@@ -42,14 +34,8 @@ BINARY_SIZE = "binary_data_size"
 router = APIRouter(
     prefix="/v2",
     tags=["Open Inference Protocol (V2 REST)"],
-    route_class=error_route(lambda error: {"error": error_text(error)}),
+    route_class=error_route(lambda error: {"error": error.one_line()}),
 )
-
-
-def open_inference(plane: Annotated[DataPlane, Depends(dataplane)]) -> OpenInference:
-    return OpenInference(plane)
-
-
 Protocol = Annotated[OpenInference, Depends(open_inference)]
 
 
@@ -137,19 +123,22 @@ async def model_ready(protocol: Protocol, model_name: str, version: str = "") ->
 async def infer(
     request: Request, protocol: Protocol, model_name: str, version: str = ""
 ) -> Response:
-    protocol.plane.spec(model_name)  # an unknown model is a 404 before the body is read
-    header, binary = _split_body(await read_json_body(request), request.headers.get(HEADER_LENGTH))
-    body = _parse_header(header)
+    spec = protocol.plane.spec(model_name)  # an unknown model is a 404 before the body is read
+    body = await read_json_body(request)
+    with refusals_counted(spec.name):
+        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        parsed = _parse_header(header)
+        inputs = _input_tensors(parsed.inputs, binary)
     answer = await protocol.infer(
         InferenceRequest(
-            model_name=model_name,
+            spec=spec,
             model_version=version,
-            id=body.id,
-            inputs=_input_tensors(body.inputs, binary),
-            outputs=[output.name for output in body.outputs],
+            id=parsed.id,
+            inputs=inputs,
+            outputs=[output.name for output in parsed.outputs],
         )
     )
-    return _response(answer, _binary_outputs(body))
+    return _response(answer, _binary_outputs(parsed))
 
 
 # --- body encoding -------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class GrpcServer:
         self._health = health.aio.HealthServicer()
         self._serving: asyncio.Task[None] | None = None
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(protocol), self._server
+            InferenceServicer(protocol, settings.max_keys_per_instance), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -16,18 +16,11 @@ from typing import Any, TypeVar
 import grpc
 
 from tabserve.errors import ServingError, clip
+from tabserve.instances import refusals_counted
 from tabserve.protocols.grpc import inference_pb2 as pb
 from tabserve.protocols.grpc import inference_pb2_grpc
-from tabserve.protocols.oip import (
-    InferenceRequest,
-    InvalidTensor,
-    ModelMetadata,
-    OpenInference,
-    Tensor,
-    error_text,
-    numpy_type,
-)
-from tabserve.settings import get_settings
+from tabserve.protocols.oip import InferenceRequest, ModelMetadata, OpenInference
+from tabserve.protocols.tensors import InvalidTensor, Tensor, numpy_type
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +90,14 @@ def _status_message(error: ServingError) -> str:
     """The error's text as `grpc-message`: a header, percent-encoded outside printable ASCII,
     that gRPC refuses past 8 KiB of metadata (the client then sees RESOURCE_EXHAUSTED, not the
     error). ASCII escapes and the cap keep it under 6 KiB whatever the caller sent."""
-    text = error_text(error).encode("ascii", "backslashreplace").decode()
+    text = error.one_line().encode("ascii", "backslashreplace").decode()
     return clip(text, GRPC_MESSAGE_CHARS)
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, protocol: OpenInference) -> None:
+    def __init__(self, protocol: OpenInference, max_inputs: int) -> None:
         self.protocol = protocol
+        self._max_inputs = max_inputs  # Settings.max_keys_per_instance
 
     @_answering_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> Any:
@@ -131,12 +125,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_answering_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+        spec = self.protocol.plane.spec(request.model_name)
+        with refusals_counted(spec.name):
+            inputs = _input_tensors(request, self._max_inputs)
         answer = await self.protocol.infer(
             InferenceRequest(
-                model_name=request.model_name,
+                spec=spec,
                 model_version=request.model_version,
                 id=request.id,
-                inputs=_input_tensors(request),
+                inputs=inputs,
                 outputs=[output.name for output in request.outputs],
             )
         )
@@ -173,9 +170,8 @@ def _metadata_message(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
     )
 
 
-def _input_tensors(request: pb.ModelInferRequest) -> list[Tensor]:
+def _input_tensors(request: pb.ModelInferRequest, limit: int) -> list[Tensor]:
     raw = request.raw_input_contents
-    limit = get_settings().max_keys_per_instance
     if len(request.inputs) > limit:  # counted before one input is looked at
         raise InvalidTensor(
             f"{len(request.inputs)} inputs; a request takes at most {limit} (one per feature)"
