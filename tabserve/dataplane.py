@@ -2,7 +2,7 @@
 
 Every protocol front end (V1 REST, the Open Inference Protocol over REST and gRPC, TabPy) turns
 its request into rows (tabserve.instances validates them), calls this one object, and renders
-its `Scores` in its own shape. service.py makes one per API worker and hands it to the routes
+its `Predictions` in its own shape. service.py makes one per API worker and hands it to the routes
 (app state) and to the gRPC server.
 """
 
@@ -38,7 +38,7 @@ def runner_api_name(model_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Scores:
+class Predictions:
     """A model's answer for some rows, which each protocol renders in its own shape."""
 
     spec: ModelSpec
@@ -143,14 +143,14 @@ class DataPlane:
         return (await self.model_infos())[spec.name]
 
     # --- prediction -------------------------------------------------------------------------
-    async def predict(self, spec: ModelSpec, rows: list[Row]) -> Scores:
+    async def predict(self, spec: ModelSpec, rows: list[Row]) -> Predictions:
         """Validated rows (tabserve.instances) -> the loaded model's probabilities for them."""
         info = await self.model_info(spec)
         with runner_faults_unavailable(self._timeout_s):
             probabilities = await self._runner_calls(spec.name).predict(rows)
         best = probabilities.argmax(axis=1)
         metrics.record_predictions(spec, info.tag, probabilities, best)
-        return Scores(spec, info.tag, probabilities, best)
+        return Predictions(spec, info.tag, probabilities, best)
 
     def _runner_calls(self, model_name: str) -> MergedCalls:
         # Made on first use: BentoML's client learns the runner's API names when it connects.

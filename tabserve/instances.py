@@ -1,6 +1,6 @@
 """Instances, however they arrive, bounded and checked by the model's own schema into rows.
 
-Every front end ends in `validated_rows`: V1 bodies and TabPy columns, query strings and CSV
+Every front end ends in `rows_from_body`: V1 bodies and TabPy columns, query strings and CSV
 cells (turned into instances, feature -> value dicts, first), Open Inference tensors. So every
 door applies the same limits and the same rules, and names a bad value the same way
 (`instances[i].<feature>`); and every door decodes and validates inside `refusals_counted`, so
@@ -69,7 +69,7 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-def loosen(feature: Feature, value: Any) -> Any:
+def as_feature_type(feature: Feature, value: Any) -> Any:
     """A JSON value from a tool that does not keep integer and boolean types apart (Tableau
     sends SUM([Calls]) as 8.0 and a 0/1 flag as a number) -> the type the schema expects."""
     if feature.kind is Kind.INTEGER:
@@ -202,7 +202,7 @@ def refusals_counted(model_name: str) -> _RefusalsCounted:
     return _RefusalsCounted(model_name)
 
 
-def validated_rows(
+def rows_from_body(
     model_name: str, payload: bytes | dict[str, Any], locate: Locate | None = None
 ) -> list[Row]:
     """A request body (JSON bytes) or an already-parsed one -> rows in the model's feature
@@ -219,7 +219,7 @@ def validated_rows(
             request = model.model_validate(payload)
     except ValidationError as error:
         raise InvalidInput.from_validation(error, locate) from None
-    return rows_of(model_name, request)
+    return rows_from_request(model_name, request)
 
 
 def _validated_json(model: type[BaseModel], body: bytes) -> BaseModel:
@@ -235,7 +235,7 @@ def _validated_json(model: type[BaseModel], body: bytes) -> BaseModel:
         raise
 
 
-def rows_of(model_name: str, request: BaseModel) -> list[Row]:
+def rows_from_request(model_name: str, request: BaseModel) -> list[Row]:
     """A validated request model -> rows, each in the model's feature order."""
     values_in_order = _feature_getter(model_name)
     return [values_in_order(instance) for instance in request.instances]  # type: ignore[attr-defined]
@@ -251,6 +251,6 @@ def _feature_getter(model_name: str) -> Callable[[BaseModel], Row]:
     return attrgetter(*names)
 
 
-def validate_instances(model_name: str, instances: list[dict[str, Any]]) -> list[Row]:
+def rows_from_instances(model_name: str, instances: list[dict[str, Any]]) -> list[Row]:
     """Instances (feature -> value dicts) -> rows, checked exactly as the V1 route checks them."""
-    return validated_rows(model_name, {"instances": instances})
+    return rows_from_body(model_name, {"instances": instances})

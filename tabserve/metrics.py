@@ -35,7 +35,7 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 # Latencies from a sub-millisecond cached GET to a 1000-row batch on a busy 2-core pod.
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Scores are probabilities: 20 equal bins show a drifting distribution without many series.
+# Predictions are probabilities: 20 equal bins show a drifting distribution without many series.
 _SCORE_BUCKETS = tuple(round(step / 20, 2) for step in range(1, 21))
 # Rows per model call: powers of two up to the largest batch (Settings.batch_max_size, 1000).
 _ROW_BUCKETS = tuple(2.0**power for power in range(11))

@@ -111,7 +111,7 @@ def _score_table(
     model: LoadedModel, table: Table, write: formats.Write, args: argparse.Namespace,
     summary: Summary, progress: tqdm,
 ) -> int:  # fmt: skip
-    """Scores and writes the table's rows; returns how many there were."""
+    """Predictions and writes the table's rows; returns how many there were."""
     rows, spec, width = 0, model.spec, len(table.columns.names)
     records = scoring.records(spec, table.columns.names, table.rows)
     for chunk in scoring.chunks(records, args.chunk_size):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tabserve.catalog import ModelSpec
 from tabserve.errors import InvalidInput
 from tabserve.inference import LoadedModel
-from tabserve.instances import instance_from_text, loosen, validate_instances
+from tabserve.instances import as_feature_type, instance_from_text, rows_from_instances
 from tabserve.schemas import Row
 
 # What makes Excel, LibreOffice and Google Sheets read a cell as a formula (OWASP's CSV injection).
@@ -88,7 +88,7 @@ def _instance(spec: ModelSpec, named: dict[str, Any]) -> dict[str, Any]:
     features = {feature.name: feature for feature in spec.features}
     for name, value in named.items():
         if value is not None and not isinstance(value, str):
-            instance[name] = loosen(features[name], value)
+            instance[name] = as_feature_type(features[name], value)
     return instance
 
 
@@ -98,7 +98,7 @@ def _parse(spec: ModelSpec, header: list[str], cells: list[Any]) -> Row | str:
     features = set(spec.feature_names)
     named = {name: cell for name, cell in zip(header, cells, strict=True) if name in features}
     try:
-        return validate_instances(spec.name, [_instance(spec, named)])[0]
+        return rows_from_instances(spec.name, [_instance(spec, named)])[0]
     except InvalidInput as error:
         return "; ".join(
             f"{detail.field.removeprefix(_INSTANCE_PREFIX)}: {detail.reason}"

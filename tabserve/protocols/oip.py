@@ -29,10 +29,10 @@ import numpy as np
 
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
-from tabserve.dataplane import DataPlane, Scores
+from tabserve.dataplane import DataPlane, Predictions
 from tabserve.errors import ModelNotFound
 from tabserve.features import Feature, Kind
-from tabserve.instances import refusals_counted, validated_rows
+from tabserve.instances import refusals_counted, rows_from_body
 from tabserve.protocols.tensors import (
     FLOAT_TYPES,
     INTEGER_TYPES,
@@ -200,7 +200,7 @@ def _rows(spec: ModelSpec, tensors: list[Tensor], max_rows: int) -> list[Row]:
         if feature.name in by_name
     }
     instances = [{name: column[row] for name, column in columns.items()} for row in range(batch)]
-    return validated_rows(spec.name, {"instances": instances}, locate=_tensor_issue)
+    return rows_from_body(spec.name, {"instances": instances}, locate=_tensor_issue)
 
 
 def _tensors_by_feature(spec: ModelSpec, tensors: list[Tensor]) -> dict[str, Tensor]:
@@ -281,7 +281,7 @@ def _tensor_issue(issue: Mapping[str, Any]) -> Mapping[str, Any]:
     return issue
 
 
-def _output_tensors(answer: Scores) -> dict[str, Tensor]:
+def _output_tensors(answer: Predictions) -> dict[str, Tensor]:
     labels = np.array([label.encode() for label in answer.labels], dtype=object)
     rows = len(labels)
     probabilities = np.asarray(answer.probabilities, dtype=NUMPY_TYPES["FP64"])

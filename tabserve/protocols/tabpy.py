@@ -28,14 +28,14 @@ from pydantic import BaseModel, ValidationError
 
 from tabserve import __version__
 from tabserve.catalog import MODELS, ModelSpec
-from tabserve.dataplane import DataPlane, Scores
+from tabserve.dataplane import DataPlane, Predictions
 from tabserve.errors import InvalidInput, ModelNotFound, ServingError
 from tabserve.instances import (
+    as_feature_type,
     check_instance_count,
-    loosen,
     parse_json,
     refusals_counted,
-    validated_rows,
+    rows_from_body,
 )
 from tabserve.protocols.http import dataplane, error_route, read_json_body
 from tabserve.schemas import ErrorDetail, Row
@@ -77,7 +77,7 @@ class Endpoint:
     def feature_names(self) -> list[str]:
         return self.spec.feature_names
 
-    def answer(self, scores: Scores) -> list[Any]:
+    def answer(self, scores: Predictions) -> list[Any]:
         if self.scored_class is None:
             return scores.labels
         return scores.class_probabilities(self.scored_class)
@@ -158,7 +158,7 @@ def _instances(spec: ModelSpec, columns: dict[str, list[Any]]) -> list[dict[str,
     rows = zip(*columns.values(), strict=True)
     return [
         {
-            name: loosen(features[name], value) if name in features else value
+            name: as_feature_type(features[name], value) if name in features else value
             for name, value in zip(columns, row, strict=True)
         }
         for row in rows
@@ -179,7 +179,7 @@ def _positional(target: Endpoint, columns: list[Any]) -> dict[str, list[Any]]:
 
 
 def _rows(target: Endpoint, columns: dict[str, list[Any]]) -> list[Row]:
-    return validated_rows(target.spec.name, {"instances": _instances(target.spec, columns)})
+    return rows_from_body(target.spec.name, {"instances": _instances(target.spec, columns)})
 
 
 # --- /evaluate's one accepted script --------------------------------------------------------------

@@ -36,11 +36,11 @@ router = APIRouter(
     tags=["Open Inference Protocol (V2 REST)"],
     route_class=error_route(lambda error: {"error": error.one_line()}),
 )
-Protocol = Annotated[OpenInference, Depends(open_inference)]
+OpenInferenceDep = Annotated[OpenInference, Depends(open_inference)]
 
 
 # --- the request body's JSON header (the protocol's $inference_request) ----------------------
-class _Wire(BaseModel):
+class _StrictMessage(BaseModel):
     # Strict types (a shape of ["2"] is an error, not 2); unknown keys are ignored as the
     # protocol allows extensions to add them.
     model_config = ConfigDict(strict=True)
@@ -51,7 +51,7 @@ class _Wire(BaseModel):
 FIRST_ERROR = Field(fail_fast=True)
 
 
-class RequestInput(_Wire):
+class RequestInput(_StrictMessage):
     name: str
     shape: Annotated[list[int], FIRST_ERROR]
     datatype: str
@@ -59,12 +59,12 @@ class RequestInput(_Wire):
     data: list[Any] | None = None
 
 
-class RequestOutput(_Wire):
+class RequestOutput(_StrictMessage):
     name: str
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class InferenceRequestBody(_Wire):
+class InferenceRequestBody(_StrictMessage):
     id: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: Annotated[list[RequestInput], FIRST_ERROR]
@@ -73,7 +73,7 @@ class InferenceRequestBody(_Wire):
 
 # --- routes --------------------------------------------------------------------------------------
 @router.get("", summary="Server metadata")
-async def server_metadata(protocol: Protocol) -> dict[str, Any]:
+async def server_metadata(protocol: OpenInferenceDep) -> dict[str, Any]:
     metadata = protocol.server_metadata()
     return {
         "name": metadata.name,
@@ -88,7 +88,7 @@ async def server_live() -> dict[str, bool]:
 
 
 @router.get("/health/ready", summary="Server readiness")
-async def server_ready(protocol: Protocol) -> dict[str, bool]:
+async def server_ready(protocol: OpenInferenceDep) -> dict[str, bool]:
     if not await protocol.server_ready():
         raise ModelUnavailable("the models are not ready: loading, or the runner is not answering")
     return {"ready": True}
@@ -96,7 +96,9 @@ async def server_ready(protocol: Protocol) -> dict[str, bool]:
 
 @router.get("/models/{model_name}", summary="Model metadata")
 @router.get("/models/{model_name}/versions/{version}", summary="Model metadata (one version)")
-async def model_metadata(protocol: Protocol, model_name: str, version: str = "") -> dict[str, Any]:
+async def model_metadata(
+    protocol: OpenInferenceDep, model_name: str, version: str = ""
+) -> dict[str, Any]:
     metadata = await protocol.model_metadata(model_name, version)
     return {
         "name": metadata.name,
@@ -110,7 +112,9 @@ async def model_metadata(protocol: Protocol, model_name: str, version: str = "")
 
 @router.get("/models/{model_name}/ready", summary="Model readiness")
 @router.get("/models/{model_name}/versions/{version}/ready", summary="Model readiness (version)")
-async def model_ready(protocol: Protocol, model_name: str, version: str = "") -> dict[str, Any]:
+async def model_ready(
+    protocol: OpenInferenceDep, model_name: str, version: str = ""
+) -> dict[str, Any]:
     if not await protocol.model_ready(model_name, version):
         raise ModelUnavailable(
             f"model {model_name!r} is not ready: loading, or the runner is not answering"
@@ -121,7 +125,7 @@ async def model_ready(protocol: Protocol, model_name: str, version: str = "") ->
 @router.post("/models/{model_name}/infer", summary="Inference")
 @router.post("/models/{model_name}/versions/{version}/infer", summary="Inference (version)")
 async def infer(
-    request: Request, protocol: Protocol, model_name: str, version: str = ""
+    request: Request, protocol: OpenInferenceDep, model_name: str, version: str = ""
 ) -> Response:
     spec = protocol.plane.spec(model_name)  # an unknown model is a 404 before the body is read
     body = await read_json_body(request)
