@@ -5,9 +5,10 @@ When no token is configured everything is open. When one is, every route of our 
 `Authorization: Bearer <token>` except the few listed in `OPEN_PATHS` (documentation, the web
 page's static assets, health). HTTP Basic with the token as password (any user name) is taken
 too: Tableau's TabPy connection and the TabPy client can only send a user name and password.
-BentoML's own routes (/livez, /readyz, /metrics) never reach this app, so probes and Prometheus
-scrapes never need the token. The gRPC servicer calls `token_is_valid` on its `authorization`
-metadata.
+BentoML's own routes (/livez, /readyz, /metrics) and the metrics port never reach this app, so
+probes and Prometheus scrapes never need the token. The gRPC server's interceptor
+(tabserve/protocols/grpc/server.py) calls `token_is_valid` on a call's `authorization` metadata,
+before the message is parsed.
 """
 
 from __future__ import annotations

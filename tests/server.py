@@ -117,12 +117,28 @@ class ServerProcess:
         return int(self.url.rpartition(":")[2])
 
     def worker(self, service_name: str) -> psutil.Process:
-        """The (first) worker process of a service: `model_runner` or `tabserve` (the API).
-        BentoML's arbiter starts each with `--service-name <name>` and restarts it if it dies."""
-        for child in psutil.Process(self.process.pid).children():
-            if f"--service-name {service_name}" in " ".join(child.cmdline()):
-                return child
-        raise LookupError(f"no {service_name} worker under {self.process.pid}")
+        """The (first) worker process of a service: `model_runner` or `tabserve` (the API)."""
+        workers = self.workers(service_name)
+        if not workers:
+            raise LookupError(f"no {service_name} worker under {self.process.pid}")
+        return workers[0]
+
+    def workers(self, service_name: str) -> list[psutil.Process]:
+        """The live worker processes of a service. BentoML's arbiter starts each with
+        `--service-name <name>` and restarts it if it dies."""
+        return [
+            child
+            for child in psutil.Process(self.process.pid).children()
+            if f"--service-name {service_name}" in " ".join(_command_line(child))
+        ]
 
     def stop(self) -> None:
         stop_process_group(self.process, timeout_s=30)
+
+
+def _command_line(process: psutil.Process) -> list[str]:
+    """Empty for a process that is gone or dead but not yet reaped (a killed worker)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

@@ -4,6 +4,8 @@ A test that needs one calls `require("<package>")`: when what the package provid
 the test is skipped with a reason naming the package, so a machine where `make system-deps`
 cannot install (not root, not Debian) still runs every other suite. When CI is set the test
 fails instead: CI installs every package, and a skip there would hide a broken set-up.
+Tools that are not Debian packages (checkov, in a venv of its own) follow the same rule through
+`missing`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -56,8 +59,15 @@ def require(*names: str) -> None:
     """Skip the calling test (fail it when CI is set) unless these packages are installed."""
     for name in names:
         if absent := packages()[name].absent():
-            message = (
+            missing(
                 f"needs the Debian package {name} ({', '.join(absent)} not found); "
                 "`make system-deps` installs it"
             )
-            pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+
+
+def missing(message: str) -> NoReturn:
+    """A tool the calling test needs is missing: skip it with `message` (which names the tool
+    and how to install it), or fail it when CI is set."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

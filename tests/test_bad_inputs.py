@@ -5,30 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tabserve.catalog import MODELS
 from tabserve.settings import Settings
 
-IRIS = {
-    "sepal_length_cm": 5.1,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.4,
-    "petal_width_cm": 0.2,
-}
-DRUG = {"age": 47, "sex": "M", "bp": "LOW", "cholesterol": "HIGH", "na_to_k": 13.1}
-CHURN = {
-    "call_failures": 8,
-    "complains": False,
-    "subscription_months": 38,
-    "charge_amount": 0,
-    "seconds_of_use": 4370,
-    "call_count": 71,
-    "sms_count": 5,
-    "distinct_called_numbers": 17,
-    "age_group": 3,
-    "tariff_plan": 1,
-    "status": 1,
-    "age": 30,
-    "customer_value": 197.64,
-}
+IRIS = MODELS["iris"].example_instance()
+DRUG = MODELS["drug"].example_instance()
+CHURN = MODELS["churn"].example_instance()
 LIMITS = Settings()
 
 

@@ -4,7 +4,6 @@ rendered with Helm's engine and validated against their CRD schemas (and promtoo
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import yaml
 
 from tests.chart import crd_schemas
 from tests.chart.manifests import NAMESPACE, RELEASE, Manifest, only, render
+from tests.system_packages import require
 
 SERVICE_MONITOR = {"metrics": {"serviceMonitor": {"enabled": True}}}
 PROMETHEUS_RULE = {"metrics": {"prometheusRule": {"enabled": True}}}
@@ -222,9 +222,9 @@ def test_burn_rate_alerts_follow_the_availability_objective() -> None:
     assert re.findall(r"> \(([0-9.]+) \* \(1 - 0\.999\)\)", slow["expr"]) == ["3", "3", "1", "1"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is missing")
 def test_promtool_accepts_the_rules_of_a_customised_release(tmp_path: Path) -> None:
     """Placeholders filled with other names, thresholds and objectives still make valid rules."""
+    require("prometheus")
     values = {
         "fullnameOverride": "ml.api",
         "keda": {"enabled": True},

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -359,6 +360,43 @@ def test_grpc_calls_are_counted_in_prometheus_metrics(served: Served) -> None:
     }
     assert expected <= found, counted
     assert 'tabserve_request_duration_seconds_count{code="OK",method="ModelInfer"' in exposition
+
+
+SEPARATE_CONNECTIONS = 16
+
+
+def test_two_api_workers_both_serve_grpc(trained_store: Path, tmp_path: Path) -> None:
+    """With TABSERVE_API_WORKERS=2 both workers listen on the gRPC port (SO_REUSEPORT) and the
+    kernel spreads new connections over them: of 16 connections each worker holds some (all on
+    one: 1 chance in 32768), and every one of them is answered."""
+    with ServerProcess.start(tmp_path / "serve.log", {"TABSERVE_API_WORKERS": "2"}) as server:
+        address = f"127.0.0.1:{server.grpc_port}"
+        # A subchannel pool per channel: a TCP connection per channel, not one shared by all.
+        channels = [
+            grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(SEPARATE_CONNECTIONS)
+        ]
+        try:
+            answers = []
+            for channel in channels:
+                wait_serving(channel)
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                answers.append(stub.ModelInfer(_typed_request(), timeout=30))
+            held = {
+                worker.pid: sum(
+                    connection.status == psutil.CONN_ESTABLISHED
+                    and connection.laddr.port == server.grpc_port
+                    for connection in worker.net_connections("tcp")
+                )
+                for worker in server.workers("tabserve")
+            }
+        finally:
+            for channel in channels:
+                channel.close()
+
+    assert len(held) == 2 and sum(held.values()) == SEPARATE_CONNECTIONS, held
+    assert all(held.values()), f"one API worker held every gRPC connection: {held}"
+    assert len({answer.SerializeToString() for answer in answers}) == 1
 
 
 def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:

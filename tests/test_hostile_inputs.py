@@ -36,12 +36,7 @@ LIMITS = Settings()
 TIME_LIMIT_S = 2.0
 ANSWER_BYTES = 16 * 1024  # an error answer, however many problems the request had
 MEMORY_GROWTH_MB = 50  # peak RSS growth of any server process for one hostile request
-IRIS = {
-    "sepal_length_cm": 5.1,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.4,
-    "petal_width_cm": 0.2,
-}
+IRIS = MODELS["iris"].example_instance()
 CHURN_ARGS = len(MODELS["churn"].feature_names)
 
 

@@ -2,8 +2,9 @@
 
 SIGSTOP of the runner worker under load: callers get 503 (never 500) within the runner-call
 deadline, /readyz, V2 readiness and gRPC health go false; SIGCONT: all of them recover without
-restarting anything. SIGKILL: BentoML's arbiter restarts the runner, and until it is back
-callers get 503, never 500. Plus the two BentoML replacements seen working live: the request
+restarting anything; V2 REST, TabPy and gRPC say it their way (503 with Retry-After,
+UNAVAILABLE). SIGKILL: BentoML's arbiter restarts the runner, and until it is back callers get
+503, never 500. Plus the two BentoML replacements seen working live: the request
 deadline (504) and the bounded batching wait.
 """
 
@@ -12,19 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
+import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
+from tabserve.catalog import MODELS
+from tests.oip_tensors import infer_inputs
 from tests.raw_http import Connection
-from tests.server import ServerProcess
+from tests.server import ServerProcess, run_training
 from tests.test_overload import PREDICT, PREDICT_BODY, metric_total
 
 RUNNER_TIMEOUT_S = 2.0
@@ -185,6 +193,129 @@ def test_a_killed_runner_is_restarted_and_nobody_gets_a_500(server) -> None:
     assert result["slowest_s"] < WORST_WAIT_S
     assert result["restarted"]
     assert result["ok_after"] > 0
+
+
+IRIS_ROW = MODELS["iris"].example_instance()
+
+
+def _v2_infer(url: str) -> httpx.Response:
+    inputs = [
+        {"name": n, "datatype": "FP64", "shape": [1], "data": [v]} for n, v in IRIS_ROW.items()
+    ]
+    return httpx.post(f"{url}/v2/models/iris/infer", json={"inputs": inputs}, timeout=30)
+
+
+def _tabpy_query(url: str) -> httpx.Response:
+    columns = [[value] for value in IRIS_ROW.values()]
+    return httpx.post(f"{url}/query/iris", json={"data": columns}, timeout=30)
+
+
+def _grpc_infer(port: int) -> str:
+    """The gRPC status of a ModelInfer call, as tritonclient names it."""
+    client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        client.infer("iris", infer_inputs(tc, "iris", [IRIS_ROW], binary=True), client_timeout=30)
+    except InferenceServerException as error:
+        return str(error.status())
+    finally:
+        client.close()
+    return "OK"
+
+
+async def _ready_again(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as probe:
+        await _until(lambda: _status(probe, "/readyz"), 200, READINESS_FOLLOWS_S)
+
+
+def test_v2_tabpy_and_grpc_answer_unavailable_while_the_runner_is_stopped(server) -> None:
+    """The other protocols' way of saying 503 (V1's is above), each counted under its code."""
+    codes = ("503", "UNAVAILABLE")
+    before = {code: metric_total(server, "tabserve_requests_total", code=code) for code in codes}
+    runner = server.worker("model_runner")
+    os.kill(runner.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(3) as callers:
+            v2 = callers.submit(_v2_infer, server.url)
+            tabpy = callers.submit(_tabpy_query, server.url)
+            grpc_status = callers.submit(_grpc_infer, server.grpc_port)
+            answers = (v2.result(), tabpy.result(), grpc_status.result())
+    finally:
+        os.kill(runner.pid, signal.SIGCONT)
+    asyncio.run(_ready_again(server.url))
+    counted = {
+        code: metric_total(server, "tabserve_requests_total", code=code) - before[code]
+        for code in codes
+    }
+
+    v2, tabpy, grpc_status = answers
+    assert (v2.status_code, v2.headers.get("retry-after")) == (503, "1"), v2.text
+    assert "the model runner" in v2.json()["error"]
+    assert (tabpy.status_code, tabpy.headers.get("retry-after")) == (503, "1"), tabpy.text
+    assert "the model runner" in tabpy.json()["message"]
+    assert grpc_status == "StatusCode.UNAVAILABLE"
+    assert counted == {"503": 2, "UNAVAILABLE": 1}
+    assert _grpc_infer(server.grpc_port) == "OK"
+
+
+def _iris_answers(server: ServerProcess) -> dict[str, str]:
+    """Which iris version each way of asking names (or the error it got instead)."""
+
+    def http(method: str, path: str, **options: Any) -> dict[str, Any]:
+        answer = httpx.request(method, f"{server.url}{path}", timeout=30, **options)
+        return answer.json() if answer.status_code == 200 else {}
+
+    v2 = http("GET", "/v2/models/iris")
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        inputs = infer_inputs(tc, "iris", [IRIS_ROW], binary=True)
+        response = client.infer("iris", inputs, client_timeout=30).get_response()
+        grpc_answer = f"iris:{response.model_version}"
+    except InferenceServerException as error:
+        grpc_answer = str(error.status())
+    finally:
+        client.close()
+    return {
+        "V1 prediction": http(
+            "POST", "/v1/models/iris:predict", json={"instances": [IRIS_ROW]}
+        ).get("model", "error"),
+        "V1 model": http("GET", "/v1/models/iris").get("tag", "error"),
+        "V2 metadata": f"iris:{v2['versions'][0]}" if v2 else "error",
+        "gRPC inference": grpc_answer,
+    }
+
+
+@pytest.mark.slow
+def test_a_restarted_runner_serves_the_newest_latest_version(
+    trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`iris:latest` resolves when the runner loads it: a version trained since, and a runner
+    restarted, and every protocol answers with (and names) the new version."""
+    # A store of its own: the session's other servers keep the version they loaded.
+    home = tmp_path / "home"
+    shutil.copytree(trained_store / "models", home / "models")
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    with ServerProcess.start(tmp_path / "serve.log") as server:
+        loaded = _iris_answers(server)["V1 model"]
+        run_training("--fast", "--only", "iris")
+        newest = (home / "models" / "iris" / "latest").read_text().strip()
+        assert newest != loaded.partition(":")[2]
+        runner = server.worker("model_runner")
+        os.kill(runner.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while server.workers("model_runner") in ([], [runner]):
+            assert time.monotonic() < deadline, "the runner was not restarted"
+            time.sleep(0.5)
+        server.wait_ready()
+        # Readiness answers are reused for a second: allow a few for the API to ask again.
+        expected = f"iris:{newest}"
+        answers = _iris_answers(server)
+        while set(answers.values()) != {expected} and time.monotonic() < deadline:
+            time.sleep(1)
+            answers = _iris_answers(server)
+        info = metric_total(server, "tabserve_model_info", model="iris", tag=expected)
+
+    assert answers == dict.fromkeys(answers, expected), (loaded, answers)
+    assert info == 1
 
 
 # --- the BentoML replacements, live ---------------------------------------------------------------

@@ -29,13 +29,9 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 15_000
 
-IRIS = {
-    "sepal_length_cm": 6.3,
-    "sepal_width_cm": 3.3,
-    "petal_length_cm": 6.0,
-    "petal_width_cm": 2.5,
-}
-DRUG = {"age": 47, "sex": "M", "bp": "LOW", "cholesterol": "HIGH", "na_to_k": 13.093}
+# The catalog's examples: the form starts empty, so each value is typed in.
+IRIS = MODELS["iris"].example_instance()
+DRUG = MODELS["drug"].example_instance()
 
 
 def v1_prediction(server, model: str, instance: dict[str, Any]) -> dict[str, Any]:
