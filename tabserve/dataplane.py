@@ -1,4 +1,4 @@
-"""The data plane: validated rows in, scores out, whatever protocol carried them.
+"""The data plane: validated rows in, predictions out, whatever protocol carried them.
 
 Every protocol front end (V1 REST, the Open Inference Protocol over REST and gRPC, TabPy) turns
 its request into rows (tabserve.instances validates them), calls this one object, and renders

@@ -1,7 +1,7 @@
 """The errors a caller can cause, each with its HTTP status, in one table.
 
-The data plane raises these; every protocol (REST now, others later) maps them to its own error
-shape in one place. Anything else that escapes is a bug: logged, and answered 500 without details.
+Validation and the data plane raise these; every protocol (V1 and V2 REST, TabPy, gRPC) renders
+them in its own error shape, from one mapping per wire format. Anything else that escapes is a bug: logged, and answered 500 without details.
 """
 
 from __future__ import annotations

@@ -201,11 +201,6 @@ def test_rest_requests_are_labelled_by_route_template_and_bounded_method(
 
 # --- refused predictions of the other protocols -------------------------------------------------
 IRIS_FEATURES = MODELS["iris"].feature_names
-NOT_COUNTED_YET = pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 1: a request refused while its tensors or columns are decoded, "
-    "before validation, is not counted",
-)
 
 
 def _iris_tensors(petal_width_cm: float) -> list[dict]:
@@ -256,33 +251,30 @@ REFUSED_PREDICTIONS = {
         "422",
         "less_than_equal",
     ),
-    "v2 rest shape and data disagree": pytest.param(
+    "v2 rest shape and data disagree": (
         lambda server: _v2_rest(server, [{**_iris_tensors(0.2)[0], "shape": [2]}]),
         "400",
         None,
-        marks=NOT_COUNTED_YET,
     ),
     "grpc value out of bounds": (
         lambda server: _grpc(server, _grpc_iris(500)),
         "INVALID_ARGUMENT",
         "less_than_equal",
     ),
-    "grpc raw and typed contents mixed": pytest.param(
+    "grpc raw and typed contents mixed": (
         lambda server: _grpc(server, _grpc_iris(0.2, raw_entries=1)),
         "INVALID_ARGUMENT",
         None,
-        marks=NOT_COUNTED_YET,
     ),
     "tabpy value out of bounds": (
         lambda server: _tabpy(server, [[5.1], [3.5], [1.4], [500]]),
         "422",
         "less_than_equal",
     ),
-    "tabpy wrong number of columns": pytest.param(
+    "tabpy wrong number of columns": (
         lambda server: _tabpy(server, [[5.1], [3.5]]),
         "422",
         None,
-        marks=NOT_COUNTED_YET,
     ),
 }
 

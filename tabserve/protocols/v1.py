@@ -100,7 +100,7 @@ def _predict_endpoint(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
 
 
 def _request_body(model_name: str) -> dict[str, Any]:
-    """OpenAPI for a body we parse ourselves (see app.openapi_with_request_schemas)."""
+    """OpenAPI for a body we parse ourselves (see app._openapi_with_request_schemas)."""
     schema_ref = f"#/components/schemas/{request_model(model_name).__name__}"
     return {
         "requestBody": {
