@@ -1,7 +1,8 @@
 """The errors a caller can cause, each with its HTTP status, in one table.
 
 Validation and the data plane raise these; every protocol (V1 and V2 REST, TabPy, gRPC) renders
-them in its own error shape, from one mapping per wire format. Anything else that escapes is a bug: logged, and answered 500 without details.
+them in its own error shape, from one mapping per wire format. Anything else that escapes is a
+bug: logged, and answered 500 without details.
 """
 
 from __future__ import annotations
