@@ -4,25 +4,11 @@ documented, and the committed files are what the generator writes now."""
 
 from __future__ import annotations
 
-import importlib.util
-from types import ModuleType
-
 import pytest
 
-from tests.chart.manifests import PROJECT
+from tests.chart.manifests import PROJECT, load_script
 
-
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "generate_docs", PROJECT / "helm/generate_docs.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate_docs = generator()
+generate_docs = load_script(PROJECT / "helm" / "generate_docs.py")
 
 
 def test_every_value_is_documented_and_the_readme_and_schema_are_current() -> None:

@@ -19,16 +19,17 @@ NAMESPACE = "serving"
 Manifest = dict[str, Any]
 
 
-def _generate_module() -> ModuleType:
-    """k8s/generate.py (`make k8s`), a script rather than a package module."""
-    spec = importlib.util.spec_from_file_location("k8s_generate", PROJECT / "k8s" / "generate.py")
+def load_script(path: Path) -> ModuleType:
+    """A project script (k8s/generate.py, helm/generate_docs.py) as a module: they are run as
+    files, not imported from a package."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-generate = _generate_module()
+generate = load_script(PROJECT / "k8s" / "generate.py")  # `make k8s`
 
 
 def load_values(path: Path) -> dict[str, Any]:
