@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         "(payloads-w<worker>-<UTC time>.<format>), so workers never interleave.",
     )
     payload_log_max_bytes: int = Field(
-        64 * 1024 * 1024,
+        16 * 1024 * 1024,
         ge=1024,
         description="A payload file is closed and a new one started once it holds this many "
         "bytes (for Parquet: of the rows' JSON, before compression).",
@@ -185,10 +185,11 @@ class Settings(BaseSettings):
         "service still end, and Parquet rows reach the disk.",
     )
     payload_log_max_files: int = Field(
-        24,
+        4,
         ge=1,
         description="Payload files kept per API worker, the one being written included; the "
-        "oldest are deleted.",
+        "oldest are deleted. The disk they take: API workers x max_files x max_bytes (each file "
+        "may end one request's rows past max_bytes); the defaults fit the chart's /tmp.",
     )
     payload_log_url: str | None = Field(
         None,

@@ -24,12 +24,14 @@ import tritonclient.grpc as grpc_client
 import tritonclient.http as http_client
 from aiohttp import web
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.local_process import free_port
 from tabserve.catalog import MODELS
 from tabserve.payloads.files import FileSink
 from tabserve.payloads.records import Payload
 from tests.data import instances
+from tests.declared_metrics import PAYLOAD_LOG
 from tests.oip_tensors import infer_inputs
 from tests.server import ServerProcess
 from tests.test_metrics import scrape, total
@@ -382,6 +384,27 @@ def _settled(logged: Logged) -> bool:
     first = outcomes()
     time.sleep(1)
     return outcomes() == first
+
+
+def test_the_payload_metrics_are_exposed_as_declared(logged: Logged) -> None:
+    dropped = "tabserve_payload_records_dropped_total"
+    before = logged.count(dropped, sink="http", reason="status")
+    logged.receiver.answer("fail")  # so that a dropped series exists
+    try:
+        logged.predict("iris", instances("iris", 1))
+        logged.wait_for(lambda: logged.count(dropped, sink="http") > before, "a drop")
+    finally:
+        logged.receiver.answer("ok")
+    response = httpx.get(logged.server.metrics_url, timeout=30)
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    for name, (kind, labels) in PAYLOAD_LOG.items():
+        family = families[name.removesuffix("_total")]
+        assert family.type == kind, name
+        assert {label for sample in family.samples for label in sample.labels} == labels, name
+    sinks = {
+        sample.labels["sink"] for sample in families["tabserve_payload_records_written"].samples
+    }
+    assert sinks == {"jsonl", "http"}
 
 
 # --- the file sink alone (in this process, no server) --------------------------------------------
