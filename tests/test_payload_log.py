@@ -248,6 +248,20 @@ def test_oip_rest_and_grpc_rows_are_logged_exactly(logged: Logged) -> None:
         ]
 
 
+def test_tabpy_rows_are_logged(logged: Logged) -> None:
+    rows = instances("iris", 2, seed=9)
+    columns = {name: [row[name] for row in rows] for name in MODELS["iris"].feature_names}
+    response = logged.http.post(
+        "/query/iris", json={"data": columns}, headers={"X-Request-ID": "tabpy-1"}
+    )
+    assert response.status_code == 200, response.text
+    logged.wait_for(lambda: len(by_request(logged.records(), "tabpy-1")) == 2, "2 records")
+    logged_rows = by_request(logged.records(), "tabpy-1")
+    assert [record["protocol"] for record in logged_rows] == ["tabpy", "tabpy"]
+    assert [record["inputs"] for record in logged_rows] == rows
+    assert [record["outputs"]["label"] for record in logged_rows] == response.json()["response"]
+
+
 def test_a_request_without_an_id_gets_one(logged: Logged) -> None:
     before = {record["request_id"] for record in logged.records()}
     logged.predict("iris", instances("iris", 1))
