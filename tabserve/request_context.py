@@ -8,8 +8,8 @@ A context variable: each request runs in its own task, with its own value.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -33,8 +33,9 @@ class RequestContext:
 
     @property
     def request_id(self) -> str:
-        """The client's id, or a new one (made only when asked: most requests are not logged)."""
-        return self.given_id or uuid.uuid4().hex
+        """The client's id, or a new random one, 32 hex digits (made only when asked: most
+        requests are not logged)."""
+        return self.given_id or secrets.token_hex(16)
 
     def latency_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
