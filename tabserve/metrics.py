@@ -102,7 +102,7 @@ PAYLOAD_RECORDS_WRITTEN = Counter(
 PAYLOAD_RECORDS_DROPPED = Counter(
     "tabserve_payload_records_dropped_total",
     "Sampled prediction rows a payload sink lost, by reason: queue_full, write_error (files), "
-    "timeout, connection, status (the CloudEvents receiver).",
+    "timeout, connection, status, error (the CloudEvents receiver).",
     ("sink", "reason"),
 )
 

@@ -176,7 +176,8 @@ class Settings(BaseSettings):
         16 * 1024 * 1024,
         ge=1024,
         description="A payload file is closed and a new one started once it holds this many "
-        "bytes (for Parquet: of the rows' JSON, before compression).",
+        "bytes (for Parquet: of the rows' JSON, before compression; its rows wait in memory "
+        "until the file ends).",
     )
     payload_log_max_age_s: float = Field(
         3600.0,

@@ -102,6 +102,8 @@ class CloudEventsSink:
                 return self._failed(f"no answer within {self._timeout.total:g} s", "timeout")
             except aiohttp.ClientError as error:
                 return self._failed(str(error) or type(error).__name__, "connection")
+            except Exception as error:  # a sender task must outlive any one failure
+                return self._failed(repr(error), "error")
         return None
 
     def _headers(self, payload: Payload, event_type: str) -> dict[str, Any]:

@@ -185,7 +185,7 @@ class FileSink:
                     self._start_file()
                 assert self._writer is not None
                 self._size += self._writer.write(records)
-            except OSError as error:
+            except Exception as error:  # the writer must outlive any one failure: count, go on
                 self._failed(error, len(records))
                 continue
             self._outage.recovered()
@@ -211,7 +211,7 @@ class FileSink:
             return
         try:
             written = writer.close()
-        except OSError as error:
+        except Exception as error:  # a full disk, or pyarrow refusing the rows: count, go on
             self._failed(error, pending)
             return
         if written:
@@ -223,12 +223,12 @@ class FileSink:
         for old in own[: max(len(own) - keep, 0)]:
             old.unlink(missing_ok=True)
 
-    def _failed(self, error: OSError, records: int) -> None:
+    def _failed(self, error: Exception, records: int) -> None:
         metrics.record_payloads_dropped(self.name, "write_error", records)
         self._outage.failed(f"cannot write to {self._directory}: {error}")
         writer, self._writer = self._writer, None  # the next batch starts a new file
         if writer is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):
                 writer.close()
 
 
