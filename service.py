@@ -18,7 +18,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import bentoml
 
-from tabserve import bentoml_runtime, metrics
+from tabserve import bentoml_runtime, metrics, payloads
 from tabserve.admission import AdmissionMiddleware
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
@@ -26,8 +26,10 @@ from tabserve.dataplane import DataPlane, runner_api_name
 from tabserve.draining import DrainingMiddleware
 from tabserve.http_metrics import endpoint_labeller
 from tabserve.metrics_server import MetricsMovedMiddleware, MetricsServer
+from tabserve.payloads import PayloadLog
 from tabserve.protocols.http import serve_with
 from tabserve.protocols.oip import OpenInference
+from tabserve.request_context import RequestContextMiddleware
 from tabserve.schemas import Row
 from tabserve.security_headers import SecurityHeadersMiddleware
 from tabserve.settings import get_settings
@@ -128,7 +130,8 @@ class ModelAPI:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
         metrics.declare_shed_series()
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
-        self.dataplane = DataPlane(self.runner.to_async, settings)
+        self.payload_log = PayloadLog.from_settings(settings)  # None unless turned on
+        self.dataplane = DataPlane(self.runner.to_async, settings, payload_log=self.payload_log)
         # One of each per worker, shared by every request: the HTTP routes find them in the
         # app's state, the gRPC server is given the protocol.
         self.open_inference = OpenInference(self.dataplane, settings)
@@ -164,6 +167,17 @@ class ModelAPI:
         if self.grpc_server is not None:
             await self.grpc_server.stop()
 
+    @bentoml.on_startup
+    async def start_payload_log(self) -> None:
+        """The payload sinks of this worker (tabserve/payloads): a file thread, HTTP tasks."""
+        if self.payload_log is not None:
+            await self.payload_log.start()
+
+    @bentoml.on_shutdown
+    async def stop_payload_log(self) -> None:
+        if self.payload_log is not None:
+            await self.payload_log.stop()
+
     async def __is_ready__(self) -> bool:
         """/readyz: ready while the runner answers, with every model of the catalog loaded."""
         return await self.dataplane.ready()
@@ -171,6 +185,8 @@ class ModelAPI:
 
 # Per API worker: at most max_in_flight requests at once, max_queued waiting, the rest shed.
 ModelAPI.add_asgi_middleware(AdmissionMiddleware)
+if payloads.enabled(settings):  # the protocol and request id of each logged prediction
+    ModelAPI.add_asgi_middleware(RequestContextMiddleware)
 if settings.metrics_port:  # /metrics is served on its own port (tabserve/metrics_server.py)
     ModelAPI.add_asgi_middleware(MetricsMovedMiddleware, metrics_port=settings.metrics_port)
 # Around the whole app, BentoML's own layers included: every HTTP answer carries them, those of

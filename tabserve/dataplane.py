@@ -23,6 +23,7 @@ from bentoml.exceptions import BentoMLException
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.errors import ModelNotFound, ModelUnavailable
+from tabserve.payloads import PayloadLog
 from tabserve.runner_calls import MergedCalls, within_deadline
 from tabserve.schemas import ModelInfo, Row
 from tabserve.settings import Settings
@@ -84,10 +85,15 @@ class DataPlane:
     (tabserve.instances), then call `predict`."""
 
     def __init__(
-        self, runner: Any, settings: Settings, models: Mapping[str, ModelSpec] = MODELS
+        self,
+        runner: Any,
+        settings: Settings,
+        models: Mapping[str, ModelSpec] = MODELS,
+        payload_log: PayloadLog | None = None,
     ) -> None:
         # `runner`: awaitable calls to service.ModelRunner (its dependency proxy's `to_async`).
         self._runner = runner
+        self._payload_log = payload_log  # None: payload logging is off
         self._models = models
         self._timeout_s = settings.runner_timeout_s
         self._max_rows = settings.batch_max_size
@@ -150,7 +156,10 @@ class DataPlane:
             probabilities = await self._runner_calls(spec.name).predict(rows)
         best = probabilities.argmax(axis=1)
         metrics.record_predictions(spec, info.tag, probabilities, best)
-        return Predictions(spec, info.tag, probabilities, best)
+        answer = Predictions(spec, info.tag, probabilities, best)
+        if self._payload_log is not None:
+            self._payload_log.offer(answer, rows)
+        return answer
 
     def _runner_calls(self, model_name: str) -> MergedCalls:
         # Made on first use: BentoML's client learns the runner's API names when it connects.

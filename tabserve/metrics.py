@@ -92,6 +92,20 @@ REJECTED_INPUTS = Counter(
     ("model", "reason"),
 )
 
+# --- payload logging (API service; tabserve/payloads) --------------------------------------------
+PAYLOAD_RECORDS_WRITTEN = Counter(
+    "tabserve_payload_records_written_total",
+    "Sampled prediction rows a payload sink delivered: written to a file (Parquet: when its "
+    "file ends) or accepted by the CloudEvents receiver.",
+    ("sink",),
+)
+PAYLOAD_RECORDS_DROPPED = Counter(
+    "tabserve_payload_records_dropped_total",
+    "Sampled prediction rows a payload sink lost, by reason: queue_full, write_error (files), "
+    "timeout, connection, status, error (the CloudEvents receiver).",
+    ("sink", "reason"),
+)
+
 # --- model runner -------------------------------------------------------------------------------
 INFERENCE_DURATION = Histogram(
     "tabserve_inference_duration_seconds",
@@ -207,6 +221,21 @@ def observe_all(histogram: Histogram, values: np.ndarray) -> None:
     for bucket, count in zip(histogram._buckets, per_bucket.tolist(), strict=False):
         if count:
             bucket.inc(count)
+
+
+# --- recording: payload logging -----------------------------------------------------------------
+def declare_payload_series(sinks: Iterable[str]) -> None:
+    """Each sink's written count from 0, so rate() sees its first records."""
+    for sink in sinks:
+        PAYLOAD_RECORDS_WRITTEN.labels(sink)
+
+
+def record_payloads_written(sink: str, records: int) -> None:
+    PAYLOAD_RECORDS_WRITTEN.labels(sink).inc(records)
+
+
+def record_payloads_dropped(sink: str, reason: str, records: int) -> None:
+    PAYLOAD_RECORDS_DROPPED.labels(sink, reason).inc(records)
 
 
 # --- recording: model runner --------------------------------------------------------------------

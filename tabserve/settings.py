@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,6 +143,71 @@ class Settings(BaseSettings):
         False,
         description="OpenTelemetry spans for every request, exported when a BentoML tracing "
         "exporter is configured. Off by default, as spans nobody exports still cost CPU.",
+    )
+
+    # --- payload logging (tabserve/payloads) -----------------------------------------------------
+    payload_log_sample_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of prediction requests whose rows (inputs and outputs) are logged; "
+        "0 = payload logging off. Sampled by request, so a request's rows are kept together. "
+        "The inputs may be personal data: see docs/observability.md before turning it on.",
+    )
+    payload_log_queue: int = Field(
+        1000,
+        ge=1,
+        description="Sampled requests each sink may hold waiting to be written, per API worker. "
+        "A full queue drops the request's records (counted in "
+        "tabserve_payload_records_dropped_total): logging never slows or fails a prediction.",
+    )
+    payload_log_format: Literal["jsonl", "parquet", "none"] = Field(
+        "jsonl",
+        description="Files the sampled rows go to, in payload_log_dir: `jsonl` (one JSON object "
+        "per row, readable as it is written), `parquet` (one file per rotation), or `none` "
+        "(only the HTTP sink, payload_log_url).",
+    )
+    payload_log_dir: Path = Field(
+        Path("/tmp/tabserve-payloads"),
+        description="Directory of the payload files. Each API worker writes its own files "
+        "(payloads-w<worker>-<UTC time>.<format>), so workers never interleave.",
+    )
+    payload_log_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="A payload file is closed and a new one started once it holds this many "
+        "bytes (for Parquet: of the rows' JSON, before compression; its rows wait in memory "
+        "until the file ends).",
+    )
+    payload_log_max_age_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A payload file is also closed once it is this old, so files of a quiet "
+        "service still end, and Parquet rows reach the disk.",
+    )
+    payload_log_max_files: int = Field(
+        4,
+        ge=1,
+        description="Payload files kept per API worker, the one being written included; the "
+        "oldest are deleted. The disk they take: API workers x max_files x max_bytes (each file "
+        "may end one request's rows past max_bytes); the defaults fit the chart's /tmp.",
+    )
+    payload_log_url: str | None = Field(
+        None,
+        description="If set, every sampled request is also POSTed here as two CloudEvents in "
+        "KServe's logger format (org.kubeflow.serving.inference.request and .response).",
+    )
+    payload_log_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="Deadline of one CloudEvent POST; a sink that does not answer in time "
+        "loses that event (counted), never retried.",
+    )
+    payload_log_concurrency: int = Field(
+        4,
+        ge=1,
+        description="CloudEvent POSTs in flight at once per API worker; requests beyond wait "
+        "in the sink's queue (payload_log_queue).",
     )
 
     # --- gRPC (Open Inference Protocol; tabserve/protocols/grpc) ----------------------------------

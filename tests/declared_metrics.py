@@ -22,6 +22,12 @@ TABSERVE = {
     "tabserve_model_loaded": ("gauge", {"model"}),
 }
 
+# Only exposed while payload logging is on (tests/test_payload_log.py checks them there).
+PAYLOAD_LOG = {
+    "tabserve_payload_records_written_total": ("counter", {"sink"}),
+    "tabserve_payload_records_dropped_total": ("counter", {"sink", "reason"}),
+}
+
 _BENTOML_REQUEST = {"endpoint", "service_name", "service_version", "runner_name"}
 BENTOML = {
     "bentoml_service_request_total": ("counter", _BENTOML_REQUEST | {"http_response_code"}),

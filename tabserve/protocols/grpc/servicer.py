@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from tabserve import request_context
 from tabserve.errors import ServingError, clip
 from tabserve.instances import refusals_counted
 from tabserve.protocols.grpc import inference_pb2 as pb
@@ -125,6 +126,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_answering_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+        request_context.begin("grpc", _metadata(context, request_context.REQUEST_ID_HEADER))
         spec = self.protocol.plane.spec(request.model_name)
         with refusals_counted(spec.name):
             inputs = _input_tensors(request, self._max_inputs)
@@ -145,6 +147,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.to_raw())
         return response
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    """A call's metadata value (gRPC lower-cases the keys)."""
+    return next((value for name, value in context.invocation_metadata() or () if name == key), None)
 
 
 def _metadata_message(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
