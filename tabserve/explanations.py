@@ -70,8 +70,9 @@ class BoosterExplainer(Explainer):
         self._names = spec.feature_names  # the booster checks them against its own
 
     def explain(self, inputs: np.ndarray) -> Explanation:
-        # The same float32 matrix inplace_predict gets; NaN is "missing" for both.
-        matrix = xgboost.DMatrix(inputs, feature_names=self._names)
+        # The same float32 matrix inplace_predict gets; NaN is "missing" for both. Copying the
+        # (capped) rows takes one thread; the booster's own nthread, the CPU share, does the work.
+        matrix = xgboost.DMatrix(inputs, feature_names=self._names, nthread=1)
         contributions = self._booster.predict(matrix, pred_contribs=True)
         if contributions.ndim == 2:  # one output: (rows, features + 1)
             contributions = contributions[:, None, :]
