@@ -1,7 +1,9 @@
 """The BentoML services: where a request enters and where the models run.
 
     ModelAPI     the API service (entry point): HTTP routes, validation, response shaping.
-                 It holds no model; it calls the runner through `bentoml.depends`.
+                 It calls the runner through `bentoml.depends`; in inline mode
+                 (TABSERVE_INLINE_MODELS, tabserve/inline.py) it holds the models itself and
+                 no runner process runs.
     ModelRunner  the runner: loads every model of the catalog from the model store and serves
                  one batched predict API per model, so BentoML's adaptive batching merges
                  concurrent requests for the same model into one model call.
@@ -12,7 +14,7 @@ Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: t
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -35,6 +37,7 @@ from tabserve.security_headers import SecurityHeadersMiddleware
 from tabserve.settings import get_settings
 
 if TYPE_CHECKING:
+    from tabserve.loaded_models import LoadedModels
     from tabserve.protocols.grpc.server import GrpcServer
 
 settings = get_settings()
@@ -50,31 +53,31 @@ class ModelRunner:
     on a 2-core pod for no gain: the models are small and CPU-bound)."""
 
     def __init__(self) -> None:
-        # Imported here, in the runner process only: the ML libraries cost ~155 MB in every
-        # process that imports them, and the arbiter and API workers never touch a model.
-        from tabserve.inference import LoadedModel
-
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.RUNNER_REPLACEMENTS)
         bentoml_runtime.stop_later_on_sigterm(settings.shutdown_drain_s)
-        metrics.record_models_loading(MODELS)
-        self.loaded = {
-            name: LoadedModel(spec, getattr(self, _model_attribute(name)), settings.model_threads)
-            for name, spec in MODELS.items()
-        }
-        for model in self.loaded.values():
-            metrics.record_model_loaded(model.info)
+        self.models = _load_models(self)
         bentoml_runtime.freeze_startup_objects()
 
     @bentoml.api
     def describe(self) -> list[dict]:
         """The loaded models: name, resolved tag, framework, metadata."""
-        return [vars(model.info) for model in self.loaded.values()]
+        return self.models.describe()
+
+
+def _load_models(service: object) -> LoadedModels:
+    """Every model of the catalog, from the service's references to the model store."""
+    # Imported here, in a process that holds models only: the ML libraries cost ~155 MB in every
+    # process that imports them, and the arbiter (and API workers, unless inline) never touch one.
+    from tabserve.loaded_models import LoadedModels
+
+    return LoadedModels(
+        MODELS, lambda name: getattr(service, _model_attribute(name)), settings.model_threads
+    )
 
 
 def _batched_predict(model_name: str) -> bentoml.api:
     def predict(self: ModelRunner, rows: list[Row]) -> bentoml_runtime.JsonArray:
-        with metrics.inference_timer(model_name, len(rows)):
-            return self.loaded[model_name].predict_proba(rows)
+        return self.models.predict_proba(model_name, rows)
 
     predict.__name__ = runner_api_name(model_name)
     return bentoml.api(
@@ -84,11 +87,17 @@ def _batched_predict(model_name: str) -> bentoml.api:
     )(predict)
 
 
-# The catalog decides which models exist: one store reference and one batched API per model.
-for _name in MODELS:
-    setattr(
-        ModelRunner, _model_attribute(_name), bentoml.models.BentoModel(settings.tag_for(_name))
-    )
+def _declare_models(service_class: type) -> None:
+    """The catalog decides which models exist: one model store reference per model. The bento
+    packs the models its services declare; the API declares them too, for inline mode."""
+    for name in MODELS:
+        setattr(
+            service_class, _model_attribute(name), bentoml.models.BentoModel(settings.tag_for(name))
+        )
+
+
+_declare_models(ModelRunner)
+for _name in MODELS:  # one batched predict API per model
     setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
 
 bentoml_runtime.bound_batching_wait()
@@ -114,24 +123,16 @@ bentoml_runtime.bound_metric_paths(
 )
 
 
-@bentoml.asgi_app(http_app, path="/")
-@bentoml.service(
-    name="tabserve",
-    workers=settings.api_workers,
-    # /readyz asks the runner through __is_ready__, with a deadline; BentoML's own runner probe
-    # would be a second request per probe, whose timeout error turns /readyz into a 500.
-    runner_probe={"enabled": False},
-    **_request_logging,
-)
 class ModelAPI:
-    runner = bentoml.depends(ModelRunner)
+    # Inline mode declares no runner: BentoML then starts no runner process.
+    if not settings.inline_models:
+        runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
         metrics.declare_shed_series()
-        # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         self.payload_log = PayloadLog.from_settings(settings)  # None unless turned on
-        self.dataplane = DataPlane(self.runner.to_async, settings, payload_log=self.payload_log)
+        self.dataplane = DataPlane(self._model_calls(), settings, payload_log=self.payload_log)
         # One of each per worker, shared by every request: the HTTP routes find them in the
         # app's state, the gRPC server is given the protocol.
         self.open_inference = OpenInference(self.dataplane, settings)
@@ -139,6 +140,15 @@ class ModelAPI:
         self.grpc_server: GrpcServer | None = None
         self.metrics_server: MetricsServer | None = None
         bentoml_runtime.freeze_startup_objects()
+
+    def _model_calls(self) -> Any:
+        """Awaitable calls to the models: the runner's, or this worker's own in inline mode."""
+        if settings.inline_models:
+            from tabserve.inline import InlineRunner
+
+            return InlineRunner(_load_models(self), settings.runner_calls_in_flight)
+        # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
+        return self.runner.to_async
 
     @bentoml.on_startup
     async def start_metrics(self) -> None:
@@ -183,6 +193,17 @@ class ModelAPI:
         return await self.dataplane.ready()
 
 
+_declare_models(ModelAPI)
+ModelAPI = bentoml.asgi_app(http_app, path="/")(
+    bentoml.service(
+        name="tabserve",
+        workers=settings.api_workers,
+        # /readyz asks the runner through __is_ready__, with a deadline; BentoML's own runner
+        # probe would be a second request per probe, whose timeout error turns /readyz into a 500.
+        runner_probe={"enabled": False},
+        **_request_logging,
+    )(ModelAPI)
+)
 # Per API worker: at most max_in_flight requests at once, max_queued waiting, the rest shed.
 ModelAPI.add_asgi_middleware(AdmissionMiddleware)
 if payloads.enabled(settings):  # the protocol and request id of each logged prediction

@@ -115,7 +115,8 @@ INFERENCE_DURATION = Histogram(
 )
 INFERENCE_ROWS = Histogram(
     "tabserve_inference_rows",
-    "Rows in one model call in the runner: how much adaptive batching merged.",
+    "Rows in one model call (in the runner, or the API worker in inline mode): how much "
+    "batching merged.",
     ("model",),
     buckets=_ROW_BUCKETS,
 )

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     # --- processes and threads ----------------------------------------------------------------
     api_workers: int = Field(1, ge=1, description="Worker processes of the API service.")
     runner_workers: int = Field(1, ge=1, description="Worker processes of the model runner.")
+    inline_models: bool = Field(
+        False,
+        description="Each API worker holds the models and calls them itself: no runner process, "
+        "no API-to-runner hop (most of a lone request's CPU; docs/performance.md). Costs the "
+        "ML libraries and the models in every API worker, and inference no longer scales "
+        "apart from the API.",
+    )
     model_threads: int = Field(
         1,
         ge=1,

@@ -1,0 +1,43 @@
+"""Every model of the catalog loaded in one process, each call timed.
+
+The runner service holds one of these; so does each API worker in inline mode
+(`TABSERVE_INLINE_MODELS`, tabserve/inline.py). Importing this module imports the ML libraries
+(~155 MB per process): only a process that holds models imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from tabserve import metrics
+from tabserve.catalog import ModelSpec
+from tabserve.inference import LoadedModel
+from tabserve.schemas import Row
+
+
+class LoadedModels:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        stored: Callable[[str], bentoml.Model],
+        threads: int,
+    ) -> None:
+        """`stored(name)`: the model store's entry for a model (its service's BentoModel)."""
+        metrics.record_models_loading(specs)
+        self.loaded = {
+            name: LoadedModel(spec, stored(name), threads) for name, spec in specs.items()
+        }
+        for model in self.loaded.values():
+            metrics.record_model_loaded(model.info)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The loaded models: name, resolved tag, framework, metadata."""
+        return [vars(model.info) for model in self.loaded.values()]
+
+    def predict_proba(self, model_name: str, rows: list[Row]) -> np.ndarray:
+        with metrics.inference_timer(model_name, len(rows)):
+            return self.loaded[model_name].predict_proba(rows)

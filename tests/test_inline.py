@@ -1,0 +1,89 @@
+"""Inline mode (TABSERVE_INLINE_MODELS): the API worker holds the models and calls them itself.
+
+The same service with no runner process must answer exactly as the split one does, on every
+protocol, and still merge concurrent requests for a model into shared model calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+
+from tabserve.catalog import MODELS
+from tests.data import expected_probabilities, instances
+from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
+from tests.server import ServerProcess
+from tests.test_metrics import scrape, total
+
+CONCURRENT_REQUESTS = 100
+
+
+@pytest.fixture(scope="module")
+def inline(
+    trained_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("inline") / "bentoml-serve.log"
+    with ServerProcess.start(log, env={"TABSERVE_INLINE_MODELS": "true"}) as process:
+        yield process
+
+
+def test_no_runner_process_runs(inline: ServerProcess) -> None:
+    assert inline.workers("model_runner") == []
+    assert len(inline.workers("tabserve")) == 1
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_every_model_answers_as_the_split_service_does(
+    inline: ServerProcess, server: ServerProcess, model_name: str
+) -> None:
+    rows = instances(model_name, 20, seed=3)
+    inline_labels, inline_probabilities = v1_answers(inline.url, model_name, rows)
+    split_labels, split_probabilities = v1_answers(server.url, model_name, rows)
+    assert inline_labels == split_labels
+    np.testing.assert_allclose(inline_probabilities, split_probabilities, rtol=0, atol=1e-12)
+
+
+def test_the_models_are_loaded_and_timed_in_the_api_worker(inline: ServerProcess) -> None:
+    assert httpx.get(f"{inline.url}/readyz").status_code == 200
+    before = scrape(inline)
+    v1_answers(inline.url, "iris", instances("iris", 3))
+    after = scrape(inline)
+    for model_name in MODELS:
+        assert total(after, "tabserve_model_loaded", model=model_name) == 1
+    rows = "tabserve_inference_rows_sum"
+    assert total(after, rows, model="iris") - total(before, rows, model="iris") == 3
+
+
+async def _fire(url: str, rows: list[dict]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=CONCURRENT_REQUESTS)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        return await asyncio.gather(
+            *(client.post("/v1/models/churn:predict", json={"instances": [row]}) for row in rows)
+        )
+
+
+def test_concurrent_requests_are_merged_into_shared_model_calls(inline: ServerProcess) -> None:
+    rows = instances("churn", CONCURRENT_REQUESTS, seed=11)
+    calls = "tabserve_inference_rows_count"
+    before = total(scrape(inline), calls, model="churn")
+    responses = asyncio.run(_fire(inline.url, rows))
+    model_calls = total(scrape(inline), calls, model="churn") - before
+
+    assert [r.status_code for r in responses] == [200] * CONCURRENT_REQUESTS
+    expected = expected_probabilities(responses[0].json()["model"], rows)
+    served = np.array([r.json()["predictions"][0]["probabilities"]["churned"] for r in responses])
+    np.testing.assert_allclose(served, expected[:, 0], rtol=0, atol=1e-12)
+    print(f"\n{CONCURRENT_REQUESTS} concurrent requests -> {model_calls:g} model calls")
+    assert 0 < model_calls < CONCURRENT_REQUESTS / 2
+
+
+def test_grpc_answers_as_v1_does(inline: ServerProcess) -> None:
+    rows = instances("admission", 8, seed=5)
+    with tc.InferenceServerClient(f"127.0.0.1:{inline.grpc_port}") as client:
+        result = client.infer("admission", infer_inputs(tc, "admission", rows, binary=True))
+    assert_same_answers(result, v1_answers(inline.url, "admission", rows))
