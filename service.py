@@ -22,7 +22,7 @@ from tabserve import bentoml_runtime, metrics
 from tabserve.admission import AdmissionMiddleware
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
-from tabserve.dataplane import DataPlane, runner_api_name
+from tabserve.dataplane import DataPlane, explainer_api_name, runner_api_name
 from tabserve.draining import DrainingMiddleware
 from tabserve.http_metrics import endpoint_labeller
 from tabserve.metrics_server import MetricsMovedMiddleware, MetricsServer
@@ -82,12 +82,36 @@ def _batched_predict(model_name: str) -> bentoml.api:
     )(predict)
 
 
-# The catalog decides which models exist: one store reference and one batched API per model.
+def _explainer(model_name: str) -> bentoml.api:
+    # Not batched: explanations are rare, capped at explain_max_rows and cost far more per row
+    # than a prediction, so merging them with others saves little and would make the
+    # predictions of a batch wait for them.
+    def explain(self: ModelRunner, rows: list[Row]) -> dict:
+        model = self.loaded[model_name]
+        with metrics.explanation_timer(model_name):
+            probabilities = model.predict_proba(rows)
+            explanation = model.explain(rows)
+        # Plain JSON: a few thousand numbers at most, so its cost crossing to the API is small.
+        return {
+            "probabilities": probabilities.tolist(),
+            "contributions": explanation.contributions.tolist(),
+            "outputs": list(explanation.outputs),
+            "scale": explanation.scale,
+            "tokens": explanation.tokens,
+        }
+
+    explain.__name__ = explainer_api_name(model_name)
+    return bentoml.api(explain)
+
+
+# The catalog decides which models exist: one store reference, one batched predict API and one
+# explain API per model.
 for _name in MODELS:
     setattr(
         ModelRunner, _model_attribute(_name), bentoml.models.BentoModel(settings.tag_for(_name))
     )
     setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
+    setattr(ModelRunner, explainer_api_name(_name), _explainer(_name))
 
 bentoml_runtime.bound_batching_wait()
 bentoml_runtime.fix_request_timeout_leak()

@@ -13,6 +13,7 @@ import xgboost
 
 from tabserve import integrity
 from tabserve.catalog import ModelSpec
+from tabserve.explanations import Explanation
 from tabserve.schemas import ModelInfo, Row
 from tabserve.training import XGBOOST_MODEL_FILE
 
@@ -47,3 +48,13 @@ class LoadedModel:
         # None -> NaN and booleans -> 0/1, so the pipeline's imputers and scalers see floats.
         frame[self._float_columns] = frame[self._float_columns].astype("float64")
         return self._pipeline.predict_proba(frame)
+
+    def explain(self, rows: list[Row]) -> Explanation:
+        """Per-feature contributions to each row's margin (tabserve.explanations)."""
+        if self.spec.framework != "xgboost":
+            raise NotImplementedError(f"no explanations for {self.spec.framework} models yet")
+        matrix = xgboost.DMatrix(
+            np.asarray(rows, dtype=np.float32), feature_names=self.spec.feature_names
+        )
+        contributions = self._booster.predict(matrix, pred_contribs=True)
+        return Explanation(contributions[:, None, :], self.spec.class_names[1:], "log-odds", None)
