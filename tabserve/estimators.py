@@ -61,10 +61,19 @@ def spam_classifier(fast: bool) -> Pipeline:
     )
 
 
+# MAP = (SBP + 2 x DBP) / 3, as the weights of its inputs.
+MEAN_ARTERIAL_PRESSURE = {"sbp": 1.0 / 3.0, "dbp": 2.0 / 3.0}
+# Columns a pipeline derives from the caller's features, each a weighted sum of them: an
+# explanation splits a derived column's contribution between its inputs by these weights.
+DERIVED_COLUMNS = {"mean_arterial_pressure": MEAN_ARTERIAL_PRESSURE}
+
+
 def add_mean_arterial_pressure(frame: pd.DataFrame) -> pd.DataFrame:
     """MAP = (SBP + 2 x DBP) / 3; NaN when either pressure is missing (then imputed)."""
     frame = frame.copy()
-    frame["mean_arterial_pressure"] = (frame["sbp"] + 2.0 * frame["dbp"]) / 3.0
+    frame["mean_arterial_pressure"] = sum(
+        weight * frame[name] for name, weight in MEAN_ARTERIAL_PRESSURE.items()
+    )
     return frame
 
 

@@ -13,7 +13,7 @@ import xgboost
 
 from tabserve import integrity
 from tabserve.catalog import ModelSpec
-from tabserve.explanations import Explanation
+from tabserve.explanations import Explanation, explainer_for
 from tabserve.schemas import ModelInfo, Row
 from tabserve.training import XGBOOST_MODEL_FILE
 
@@ -37,24 +37,29 @@ class LoadedModel:
         else:
             self._pipeline = bentoml.sklearn.load_model(stored)
         self._float_columns = [f.name for f in spec.features if f.is_numeric]
+        # Built at load: a model that cannot be explained fails here, not on a request.
+        self._explainer = explainer_for(
+            spec, self._booster if spec.framework == "xgboost" else self._pipeline
+        )
 
-    def predict_proba(self, rows: list[Row]) -> np.ndarray:
-        """(n, classes) probabilities, columns in `spec.class_names` order."""
+    def _model_input(self, rows: list[Row]) -> np.ndarray | pd.DataFrame:
+        """Rows as the model takes them: a float32 matrix (XGBoost) or a DataFrame (pipeline)."""
         if self.spec.framework == "xgboost":
-            matrix = np.asarray(rows, dtype=np.float32)
-            positive = self._booster.inplace_predict(matrix)
-            return np.column_stack([1.0 - positive, positive])
+            return np.asarray(rows, dtype=np.float32)
         frame = pd.DataFrame(rows, columns=self.spec.feature_names)
         # None -> NaN and booleans -> 0/1, so the pipeline's imputers and scalers see floats.
         frame[self._float_columns] = frame[self._float_columns].astype("float64")
-        return self._pipeline.predict_proba(frame)
+        return frame
+
+    def predict_proba(self, rows: list[Row]) -> np.ndarray:
+        """(n, classes) probabilities, columns in `spec.class_names` order."""
+        inputs = self._model_input(rows)
+        if self.spec.framework == "xgboost":
+            positive = self._booster.inplace_predict(inputs)
+            return np.column_stack([1.0 - positive, positive])
+        return self._pipeline.predict_proba(inputs)
 
     def explain(self, rows: list[Row]) -> Explanation:
-        """Per-feature contributions to each row's margin (tabserve.explanations)."""
-        if self.spec.framework != "xgboost":
-            raise NotImplementedError(f"no explanations for {self.spec.framework} models yet")
-        matrix = xgboost.DMatrix(
-            np.asarray(rows, dtype=np.float32), feature_names=self.spec.feature_names
-        )
-        contributions = self._booster.predict(matrix, pred_contribs=True)
-        return Explanation(contributions[:, None, :], self.spec.class_names[1:], "log-odds", None)
+        """Each feature's contribution to the margin of each explained class (explanations.py);
+        the caller bounds the number of rows."""
+        return self._explainer.explain(self._model_input(rows))
