@@ -29,8 +29,6 @@ from tests.server import ServerProcess
 PROBABILITY_TOLERANCE = 1e-5
 ROWS = 5
 EXPLAIN_MAX_ROWS = Settings.model_fields["explain_max_rows"].default
-# Models with explanations so far; the sklearn ones come with branch explain-core's algorithms.
-EXPLAINED = ["churn"]
 
 
 def probabilities_from_margins(scale: str, margins: np.ndarray) -> np.ndarray:
@@ -54,7 +52,7 @@ def explained_outputs(model: str) -> int:
 
 
 # --- V1 -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", EXPLAINED)
+@pytest.mark.parametrize("model", MODELS)
 def test_v1_contributions_add_up_to_the_served_probabilities(server, model: str) -> None:
     spec = MODELS[model]
     rows = instances(model, ROWS)
@@ -152,21 +150,25 @@ def test_unknown_model_is_a_404(server) -> None:
 
 
 # --- Open Inference Protocol --------------------------------------------------------------------
-def check_contributions(model: str, contributions: np.ndarray, served: np.ndarray) -> None:
+def check_contributions(
+    server: ServerProcess, model: str, rows: list[dict[str, Any]], contributions: np.ndarray
+) -> None:
     """[N, outputs x (features + 1)], class by class with the base value last, adds up to the
-    probabilities V1 serves (log-odds: every model explained so far has a margin)."""
+    probabilities V1 serves for the rows, on the scale V1's :explain names."""
     spec = MODELS[model]
+    _, served = v1_answers(server.url, model, rows)
+    scale = explain(server, model, {"instances": rows[:1]}).json()["explanations"][0]["scale"]
     outputs = explained_outputs(model)
     assert contributions.dtype == np.float32
     assert contributions.shape == (len(served), outputs * (len(spec.features) + 1))
     margins = contributions.reshape(len(served), outputs, -1).astype(np.float64).sum(axis=2)
     np.testing.assert_allclose(
-        probabilities_from_margins("log-odds", margins), served, atol=PROBABILITY_TOLERANCE
+        probabilities_from_margins(scale, margins), served, atol=PROBABILITY_TOLERANCE
     )
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-@pytest.mark.parametrize("model", EXPLAINED)
+@pytest.mark.parametrize("model", MODELS)
 def test_oip_rest_contributions(server, model: str, binary: bool) -> None:
     rows = instances(model, ROWS)
     client = http_client.InferenceServerClient(server.url.removeprefix("http://"))
@@ -180,10 +182,10 @@ def test_oip_rest_contributions(server, model: str, binary: bool) -> None:
     )
     _, served = v1_answers(server.url, model, rows)
     np.testing.assert_allclose(result.as_numpy("probabilities"), served, rtol=1e-12)
-    check_contributions(model, result.as_numpy("contributions"), served)
+    check_contributions(server, model, rows, result.as_numpy("contributions"))
 
 
-@pytest.mark.parametrize("model", EXPLAINED)
+@pytest.mark.parametrize("model", MODELS)
 def test_oip_grpc_contributions(server, model: str) -> None:
     rows = instances(model, ROWS)
     client = grpc_client.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
@@ -193,9 +195,7 @@ def test_oip_grpc_contributions(server, model: str) -> None:
         outputs=[grpc_client.InferRequestedOutput("contributions")],
     )
     assert [output.name for output in result.get_response().outputs] == ["contributions"]
-    check_contributions(
-        model, result.as_numpy("contributions"), v1_answers(server.url, model, rows)[1]
-    )
+    check_contributions(server, model, rows, result.as_numpy("contributions"))
 
 
 def test_oip_contributions_only_when_requested_and_in_the_metadata(server) -> None:
