@@ -8,11 +8,12 @@ The columns named like the model's features are read (others are copied through 
 value is checked by the model's request schema, as the online routes do (an empty CSV cell or a
 Parquet null is "not given"). Valid rows are scored in chunks by `LoadedModel`, the runner's own
 model code, loaded from the BentoML model store. Every input row gives exactly one output row, in
-input order: the input columns, then `predicted_label` and `probability_<class>` for each class,
-or an `error` naming the row (its line in a CSV, its row in a Parquet file), each bad field and
-why (a CSV line that is not valid UTF-8 is such a row too). CSV text cells a spreadsheet would run
-as a formula (starting with = + - @, tab or carriage return, and not a number) are written with a
-leading `'` unless --no-escape-formulas is given.
+input order: the input columns, then `predicted_label` and `probability_<class>` for each class
+(with --explain, each feature's contribution to the margin and the base value: see
+scoring.explanation_columns), or an `error` naming the row (its line in a CSV, its row in a
+Parquet file), each bad field and why (a CSV line that is not valid UTF-8 is such a row too).
+CSV text cells a spreadsheet would run as a formula (starting with = + - @, tab or carriage
+return, and not a number) are written with a leading `'` unless --no-escape-formulas is given.
 
 Sharding: --shard-count processes (or the pods of a Kubernetes Indexed Job) each score their own
 share: the files of a directory or glob dealt round-robin by sorted path, or contiguous row ranges
@@ -115,7 +116,7 @@ def _score_table(
     rows, spec, width = 0, model.spec, len(table.columns.names)
     records = scoring.records(spec, table.columns.names, table.rows)
     for chunk in scoring.chunks(records, args.chunk_size):
-        write(scoring.score(model, chunk, width))
+        write(scoring.score(model, chunk, width, args.explain))
         for record in chunk:
             if not isinstance(record.parsed, str):
                 summary.scored += 1
@@ -146,7 +147,7 @@ def score_slices(
         # stdin cannot be read twice: its columns are those of the one table it is.
         reference = first.columns if first and files[0].path == STDIN else formats.columns_of(files)
         scoring.check_header(model.spec, reference.names)
-        names = scoring.output_columns(model.spec, reference.names)
+        names = scoring.output_columns(model.spec, reference.names, args.explain)
         with formats.open_sink(out_format, sink, reference, names, args.escape_formulas) as write:
             opened = itertools.chain([first], tables) if first else iter(())
             for piece, table in zip(slices, opened, strict=True):
@@ -273,6 +274,13 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=_whole_number, default=get_settings().model_threads,
         help="XGBoost threads",
     )  # fmt: skip
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="add each feature's contribution and the base value per explained class (binary: "
+        "the second class): they sum to the model's log-odds, or to the probability for a model "
+        "with no margin (a single decision tree)",
+    )
     parser.add_argument(
         "--escape-formulas",
         action=argparse.BooleanOptionalAction,

@@ -197,12 +197,13 @@ def open_sink(
     format: str, sink: BinaryIO, columns: Columns, names: list[str], escape_formulas: bool
 ) -> AbstractContextManager[Write]:
     """Writes scored rows under `names` (the input's columns, the label, a probability per class,
-    the error). Parquet keeps the input's column types (text from a CSV input); the label and
-    error are text, the probabilities float64. Spreadsheets open CSV, so only CSV cells are
-    defused (see scoring.defuse_formula); Parquet keeps the values as they came."""
+    any contributions, the error). Parquet keeps the input's column types (text from a CSV
+    input); the label and error are text, the probabilities and contributions float64.
+    Spreadsheets open CSV, so only CSV cells are defused (see scoring.defuse_formula); Parquet
+    keeps the values as they came."""
     if format == "csv":
         return _csv_sink(sink, names, escape_formulas)
     given = columns.types or [pa.string()] * len(columns.names)
-    probabilities = len(names) - len(given) - 2
-    types = [*given, pa.string(), *([pa.float64()] * probabilities), pa.string()]
+    numbers = len(names) - len(given) - 2
+    types = [*given, pa.string(), *([pa.float64()] * numbers), pa.string()]
     return _parquet_sink(sink, pa.schema(list(zip(names, types, strict=True))))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from tabserve.catalog import ModelSpec
 from tabserve.errors import InvalidInput
+from tabserve.explanations import explained_classes
 from tabserve.inference import LoadedModel
 from tabserve.instances import as_feature_type, instance_from_text, rows_from_instances
 from tabserve.schemas import Row
@@ -38,8 +39,29 @@ class Record:
     parsed: Row | str  # a valid row, or why it is not one
 
 
-def output_columns(spec: ModelSpec, header: list[str]) -> list[str]:
-    added = ["predicted_label", *(f"probability_{name}" for name in spec.class_names), "error"]
+def explanation_columns(spec: ModelSpec) -> list[str]:
+    """Per explained class, each feature's contribution then the base value (explanations.py's
+    layout): `contribution_<feature>`, `base_value` for a binary model's one explained class;
+    `contribution_<class>_<feature>`, `base_value_<class>` for each class of a multi-class one."""
+    classes = explained_classes(spec)
+    suffixes = [""] if len(classes) == 1 else [f"_{name}" for name in classes]
+    return [
+        name
+        for suffix in suffixes
+        for name in (
+            *(f"contribution{suffix}_{feature}" for feature in spec.feature_names),
+            f"base_value{suffix}",
+        )
+    ]
+
+
+def output_columns(spec: ModelSpec, header: list[str], explain: bool) -> list[str]:
+    added = [
+        "predicted_label",
+        *(f"probability_{name}" for name in spec.class_names),
+        *(explanation_columns(spec) if explain else []),
+        "error",
+    ]
     clashing = sorted(set(header) & set(added))
     if clashing:
         raise Unusable(f"the input already has the output columns {clashing}; rename them")
@@ -127,23 +149,31 @@ def chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
-def score(model: LoadedModel, chunk: list[Record], width: int) -> list[list[Any]]:
-    """One output row per record, in input order: the input's cells, then the label and each
-    class's probability, or None for those and the error (None is an empty CSV cell, a Parquet
-    null)."""
+def score(model: LoadedModel, chunk: list[Record], width: int, explain: bool) -> list[list[Any]]:
+    """One output row per record, in input order: the input's cells, then the label, each
+    class's probability and, if `explain`, the contributions, or None for those and the error
+    (None is an empty CSV cell, a Parquet null)."""
     valid = [record.parsed for record in chunk if not isinstance(record.parsed, str)]
     probabilities = iter(model.predict_proba(valid) if valid else [])
+    # Each valid row's contributions, flattened in explanation_columns' order (none unasked).
+    explained = np.empty((len(valid), 0))
+    if explain and valid:
+        explained = model.explain(valid).contributions.reshape(len(valid), -1)
+    contributions = iter(explained.astype(np.float64).tolist())
     classes = model.spec.class_names
+    blank = [None] * (len(classes) + (len(explanation_columns(model.spec)) if explain else 0))
     out = []
     for record in chunk:
         cells = (record.cells + [None] * width)[
             :width
         ]  # short or long rows keep the header's shape
         if isinstance(record.parsed, str):
-            out.append([*cells, None, *([None] * len(classes)), f"{record.where}: {record.parsed}"])
+            out.append([*cells, None, *blank, f"{record.where}: {record.parsed}"])
         else:
             row = np.asarray(next(probabilities), dtype=np.float64)
-            out.append([*cells, classes[int(row.argmax())], *row.tolist(), None])
+            out.append(
+                [*cells, classes[int(row.argmax())], *row.tolist(), *next(contributions), None]
+            )
     return out
 
 
