@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from tabserve.catalog import MODELS
 from tabserve.settings import Settings
 from tests.data import instances
-from tests.oip_tensors import infer_inputs, v1_answers
+from tests.oip_tensors import contribution_columns, infer_inputs, v1_answers
 from tests.server import ServerProcess
 
 PROBABILITY_TOLERANCE = 1e-5
@@ -46,9 +46,10 @@ def explain(server: ServerProcess, model: str, body: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/models/{model}:explain", json=body, timeout=60)
 
 
-def explained_outputs(model: str) -> int:
-    classes = len(MODELS[model].class_names)
-    return 1 if classes == 2 else classes
+def explained_classes(model: str) -> tuple[str, ...]:
+    """A binary model explains its second class, a multi-class model every class."""
+    classes = MODELS[model].class_names
+    return classes[1:] if len(classes) == 2 else classes
 
 
 # --- V1 -------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_v1_contributions_add_up_to_the_served_probabilities(server, model: str)
     margins = []
     for explanation in explanations:
         outputs = explanation["outputs"]
-        assert len(outputs) == explained_outputs(model)
+        assert tuple(output["class"] for output in outputs) == explained_classes(model)
         for output in outputs:
             contributions = output["contributions"]
             assert list(contributions) == spec.feature_names
@@ -155,12 +156,11 @@ def check_contributions(
 ) -> None:
     """[N, outputs x (features + 1)], class by class with the base value last, adds up to the
     probabilities V1 serves for the rows, on the scale V1's :explain names."""
-    spec = MODELS[model]
     _, served = v1_answers(server.url, model, rows)
     scale = explain(server, model, {"instances": rows[:1]}).json()["explanations"][0]["scale"]
-    outputs = explained_outputs(model)
+    outputs = len(explained_classes(model))
     assert contributions.dtype == np.float32
-    assert contributions.shape == (len(served), outputs * (len(spec.features) + 1))
+    assert contributions.shape == (len(served), contribution_columns(model))
     margins = contributions.reshape(len(served), outputs, -1).astype(np.float64).sum(axis=2)
     np.testing.assert_allclose(
         probabilities_from_margins(scale, margins), served, atol=PROBABILITY_TOLERANCE
@@ -205,11 +205,10 @@ def test_oip_contributions_only_when_requested_and_in_the_metadata(server) -> No
         "label",
         "probabilities",
     ]
-    for model, spec in MODELS.items():
+    for model in MODELS:
         outputs = {o["name"]: o for o in client.get_model_metadata(model)["outputs"]}
         assert outputs["contributions"]["datatype"] == "FP32"
-        columns = explained_outputs(model) * (len(spec.features) + 1)
-        assert outputs["contributions"]["shape"] == [-1, columns]
+        assert outputs["contributions"]["shape"] == [-1, contribution_columns(model)]
 
 
 def test_oip_over_the_cap_is_refused_naming_the_limit(server) -> None:
