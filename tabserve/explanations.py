@@ -70,8 +70,9 @@ class BoosterExplainer(Explainer):
         self._names = spec.feature_names  # the booster checks them against its own
 
     def explain(self, inputs: np.ndarray) -> Explanation:
-        # The same float32 matrix inplace_predict gets; NaN is "missing" for both.
-        matrix = xgboost.DMatrix(inputs, feature_names=self._names)
+        # The same float32 matrix inplace_predict gets; NaN is "missing" for both. Copying the
+        # (capped) rows takes one thread; the booster's own nthread, the CPU share, does the work.
+        matrix = xgboost.DMatrix(inputs, feature_names=self._names, nthread=1)
         contributions = self._booster.predict(matrix, pred_contribs=True)
         if contributions.ndim == 2:  # one output: (rows, features + 1)
             contributions = contributions[:, None, :]
@@ -153,18 +154,39 @@ class _Columns:
     scale: str
 
 
-def _linear(model: LogisticRegression, x: Any) -> _Columns:
-    """coef * x per column and output, base value = the intercept: the margin of the all-zero
-    transformed row. That baseline is the training mean after a StandardScaler and a text with
-    no known token after TF-IDF. Exact: the columns sum to the decision function."""
-    if sparse.issparse(x):
-        per_output = [sparse.csr_matrix(x.multiply(coef)) for coef in model.coef_]
-    else:
-        per_output = [np.asarray(x) * coef for coef in model.coef_]
-    return _Columns(per_output, model.intercept_.astype(np.float64), "log-odds")
+@dataclass(frozen=True)
+class _Linear:
+    model: LogisticRegression
+
+    def explain_columns(self, x: Any) -> _Columns:
+        """coef * x per column and output, base value = the intercept: the margin of the
+        all-zero transformed row. That baseline is the training mean after a StandardScaler and
+        a text with no known token after TF-IDF. Exact: the columns sum to the decision
+        function."""
+        if sparse.issparse(x):
+            per_output = [sparse.csr_matrix(x.multiply(coef)) for coef in self.model.coef_]
+        else:
+            per_output = [np.asarray(x) * coef for coef in self.model.coef_]
+        return _Columns(per_output, self.model.intercept_.astype(np.float64), "log-odds")
 
 
-def _decision_tree(model: DecisionTreeClassifier, spec: ModelSpec) -> tuple[TreeShap, np.ndarray]:
+@dataclass(frozen=True)
+class _Trees:
+    shap: TreeShap
+    baseline: np.ndarray  # (outputs,): what the model adds to its trees' sum
+    scale: str
+
+    def explain_columns(self, x: Any) -> _Columns:
+        values = self.shap.shap_values(x.toarray() if sparse.issparse(x) else x)
+        return _Columns(
+            [values[:, :, output] for output in range(values.shape[2])],
+            self.shap.expected_value + self.baseline,
+            self.scale,
+        )
+
+
+def _decision_tree(model: DecisionTreeClassifier, spec: ModelSpec) -> _Trees:
+    """No margin: the leaves' class proportions, which predict_proba returns, are explained."""
     tree = model.tree_
     proportions = tree.value[:, 0, :] / tree.value[:, 0, :].sum(axis=1, keepdims=True)
     explained = [1] if len(spec.class_names) == 2 else slice(None)
@@ -179,10 +201,11 @@ def _decision_tree(model: DecisionTreeClassifier, spec: ModelSpec) -> tuple[Tree
     )
     # scikit-learn's trees compare float32 values with float64 thresholds.
     shap = TreeShap([flat], model.n_features_in_, np.float32)
-    return shap, np.zeros(flat.value.shape[1])  # no baseline: the leaves hold probabilities
+    return _Trees(shap, np.zeros(flat.value.shape[1]), "probability")
 
 
-def _hist_gradient_boosting(model: HistGradientBoostingClassifier) -> tuple[TreeShap, np.ndarray]:
+def _hist_gradient_boosting(model: HistGradientBoostingClassifier) -> _Trees:
+    """The raw prediction (log-odds; per class for multi-class): baseline plus the trees."""
     outputs = model.n_trees_per_iteration_
     trees = []
     for iteration in model._predictors:
@@ -204,37 +227,30 @@ def _hist_gradient_boosting(model: HistGradientBoostingClassifier) -> tuple[Tree
                     value=value,
                 )
             )
-    # The raw prediction (log-odds) starts from the baseline; the trees add to it in float64.
-    return TreeShap(trees, model.n_features_in_, np.float64), model._baseline_prediction[0]
+    # HistGradientBoosting compares float64 values.
+    shap = TreeShap(trees, model.n_features_in_, np.float64)
+    return _Trees(shap, model._baseline_prediction[0], "log-odds")
+
+
+def _final(spec: ModelSpec, model: Any) -> _Linear | _Trees:
+    if isinstance(model, LogisticRegression):
+        return _Linear(model)
+    if isinstance(model, DecisionTreeClassifier):
+        return _decision_tree(model, spec)
+    if isinstance(model, HistGradientBoostingClassifier):
+        return _hist_gradient_boosting(model)
+    raise ValueError(f"{spec.name}: no explainer for {type(model).__name__}")
 
 
 class PipelineExplainer(Explainer):
     def __init__(self, spec: ModelSpec, pipeline: Pipeline) -> None:
         self._outputs = explained_classes(spec)
         self._transform = pipeline[:-1]
-        self._model = pipeline[-1]
+        self._final = _final(spec, pipeline[-1])
         self._columns = column_map(spec, pipeline)
-        self._shap: TreeShap | None = None
-        if isinstance(self._model, DecisionTreeClassifier):
-            self._shap, self._baseline = _decision_tree(self._model, spec)
-        elif isinstance(self._model, HistGradientBoostingClassifier):
-            self._shap, self._baseline = _hist_gradient_boosting(self._model)
-        elif not isinstance(self._model, LogisticRegression):
-            raise ValueError(f"{spec.name}: no explainer for {type(self._model).__name__}")
-
-    def _explain_columns(self, x: Any) -> _Columns:
-        if self._shap is None:
-            return _linear(self._model, x)
-        values = self._shap.shap_values(x.toarray() if sparse.issparse(x) else x)
-        scale = "probability" if isinstance(self._model, DecisionTreeClassifier) else "log-odds"
-        return _Columns(
-            [values[:, :, output] for output in range(values.shape[2])],
-            self._shap.expected_value + self._baseline,
-            scale,
-        )
 
     def explain(self, inputs: pd.DataFrame) -> Explanation:
-        columns = self._explain_columns(self._transform.transform(inputs))
+        columns = self._final.explain_columns(self._transform.transform(inputs))
         rows = inputs.shape[0]
         contributions = np.empty((rows, len(self._outputs), self._columns.to_features.shape[1] + 1))
         for output, per_column in enumerate(columns.per_output):

@@ -13,10 +13,10 @@ Shapley value of j in that leaf's game is
     v (o_j - z_j) sum_{S in F\\{j}} |S|! (d-|S|-1)! / d!  prod_{k in S} o_k  prod_{k not in S} z_k
   = v (o_j - z_j) integral_0^1 prod_{k != j} (z_k (1 - t) + o_k t) dt        (Beta integrals)
 
-The integrand is a polynomial of degree < d, which Gauss-Legendre quadrature with d//2 + 1 points
-integrates exactly (the idea of Linear TreeSHAP, Yu et al., 2022). Summed over every leaf of every
-tree this is TreeSHAP; tests/test_explanations.py checks it against XGBoost's `pred_contribs` on
-the same trees.
+The integrand is a polynomial of degree < d, which Gauss-Legendre quadrature with ceil(d / 2)
+points integrates exactly (the idea of Linear TreeSHAP, Yu et al., 2022). Summed over every
+leaf of every tree this is TreeSHAP; tests/test_explanations.py checks it against XGBoost's
+`pred_contribs` on the same trees.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class TreeShap:
         )
         # The value with no feature known: each leaf weighted by its share of the cover.
         self.expected_value = (self._zero.prod(axis=1)[:, None] * self._leaf_value).sum(axis=0)
-        points, weights = np.polynomial.legendre.leggauss(width // 2 + 1)
+        points, weights = np.polynomial.legendre.leggauss((width + 1) // 2)
         self._points, self._weights = (points + 1) / 2, weights / 2  # from [-1, 1] to [0, 1]
 
     def shap_values(self, x: np.ndarray) -> np.ndarray:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
+from scipy.special import expit
 
 from tabserve import batch, datasets
 from tabserve.catalog import MODELS
@@ -235,3 +237,57 @@ def test_a_header_that_is_not_utf8_exits_2(trained_store, tmp_path: Path, capsys
     assert batch.main(arguments) == batch.EXIT_UNUSABLE
     assert "the header (line 1) is not valid UTF-8" in capsys.readouterr().err
     assert [path.name for path in tmp_path.iterdir()] == ["in.csv"]
+
+
+@pytest.mark.parametrize(
+    ("model", "make_input", "out_format"),
+    [("churn", churn_csv, "csv"), ("drug", drug_csv, "parquet")],
+    ids=["binary-log-odds-csv", "multiclass-probability-parquet"],
+)
+def test_explain_adds_contributions_that_sum_to_the_margin(
+    trained_store, tmp_path: Path, model: str, make_input: Any, out_format: str
+) -> None:
+    rows = read_csv(make_input(tmp_path))
+    rows.insert(2, ["not a number", *rows[1][1:]])  # line 3: invalid, its cells stay empty
+    source, output = write_csv(tmp_path / "in.csv", rows), tmp_path / f"out.{out_format}"
+    done = run_batch(model, source, output, "--explain", "--max-invalid", "1")
+    assert done.returncode == 0, done.stderr
+    if out_format == "csv":
+        with output.open(newline="", encoding="utf-8") as handle:
+            scored = list(csv.DictReader(handle))
+    else:
+        scored = pq.read_table(output).to_pylist()
+
+    spec = MODELS[model]
+    # churn: the log-odds of its second class; drug (one decision tree): each class's probability.
+    explained, to_probability = {
+        "churn": ({"": "retained"}, expit),
+        "drug": ({f"_{name}": name for name in spec.class_names}, lambda total: total),
+    }[model]
+    names = [
+        name
+        for suffix in explained
+        for name in (
+            *(f"contribution{suffix}_{feature}" for feature in spec.feature_names),
+            f"base_value{suffix}",
+        )
+    ]
+    assert list(scored[0]) == [
+        *rows[0],
+        "predicted_label",
+        *(f"probability_{name}" for name in spec.class_names),
+        *names,
+        "error",
+    ]
+    assert len(scored) == len(rows) - 1
+    for row in scored:
+        if row["error"]:
+            assert row["error"].startswith("line 3: ")
+            assert all(row[name] in ("", None) for name in names)
+            continue
+        for suffix, name in explained.items():
+            total = sum(float(row[f"contribution{suffix}_{f}"]) for f in spec.feature_names)
+            total += float(row[f"base_value{suffix}"])
+            assert to_probability(total) == pytest.approx(
+                float(row[f"probability_{name}"]), abs=1e-5
+            )
