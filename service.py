@@ -24,7 +24,7 @@ from tabserve import bentoml_runtime, metrics, payloads
 from tabserve.admission import AdmissionMiddleware
 from tabserve.app import create_app
 from tabserve.catalog import MODELS
-from tabserve.dataplane import DataPlane, runner_api_name
+from tabserve.dataplane import DataPlane, explainer_api_name, runner_api_name
 from tabserve.draining import DrainingMiddleware
 from tabserve.http_metrics import endpoint_labeller
 from tabserve.metrics_server import MetricsMovedMiddleware, MetricsServer
@@ -87,6 +87,17 @@ def _batched_predict(model_name: str) -> bentoml.api:
     )(predict)
 
 
+def _explainer(model_name: str) -> bentoml.api:
+    # Not batched: explanations are rare, capped at explain_max_rows and cost far more per row
+    # than a prediction, so merging them with others saves little and would make the
+    # predictions of a batch wait for them.
+    def explain(self: ModelRunner, rows: list[Row]) -> dict:
+        return self.models.explain(model_name, rows)
+
+    explain.__name__ = explainer_api_name(model_name)
+    return bentoml.api(explain)
+
+
 def _declare_models(service_class: type) -> None:
     """The catalog decides which models exist: one model store reference per model. The bento
     packs the models its services declare; the API declares them too, for inline mode."""
@@ -97,8 +108,9 @@ def _declare_models(service_class: type) -> None:
 
 
 _declare_models(ModelRunner)
-for _name in MODELS:  # one batched predict API per model
+for _name in MODELS:  # one batched predict API and one explain API per model
     setattr(ModelRunner, runner_api_name(_name), _batched_predict(_name))
+    setattr(ModelRunner, explainer_api_name(_name), _explainer(_name))
 
 bentoml_runtime.bound_batching_wait()
 bentoml_runtime.fix_request_timeout_leak()

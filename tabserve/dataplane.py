@@ -22,9 +22,10 @@ from bentoml.exceptions import BentoMLException
 
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
-from tabserve.errors import ModelNotFound, ModelUnavailable
+from tabserve.errors import ModelNotFound, ModelUnavailable, PayloadTooLarge
+from tabserve.instances import refusals_counted
 from tabserve.payloads import PayloadLog
-from tabserve.runner_calls import MergedCalls, within_deadline
+from tabserve.runner_calls import MergedCalls, call_with_retries, within_deadline
 from tabserve.schemas import ModelInfo, Row
 from tabserve.settings import Settings
 
@@ -36,6 +37,11 @@ READY_RECHECK_S = 1.0
 def runner_api_name(model_name: str) -> str:
     """The runner's batched API for one model."""
     return f"predict_{model_name}"
+
+
+def explainer_api_name(model_name: str) -> str:
+    """The runner's (unbatched) explain API for one model."""
+    return f"explain_{model_name}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,18 @@ class Predictions:
 
     def class_probabilities(self, class_name: str) -> list[float]:
         return self.probabilities[:, self.spec.class_names.index(class_name)].tolist()
+
+
+@dataclass(frozen=True)
+class Explained(Predictions):
+    """Predictions with each row's per-feature contributions (tabserve.explanations)."""
+
+    # float32 (rows, outputs, features + 1): per output, the spec's features in order, then the
+    # base value; a row's sum over the last axis is the model's margin for that output.
+    contributions: np.ndarray
+    outputs: tuple[str, ...]  # the class each output explains
+    scale: str  # "log-odds" or "probability"
+    tokens: list[list[tuple[str, float]]] | None  # text models: per row, its top tokens
 
 
 @contextmanager
@@ -98,6 +116,7 @@ class DataPlane:
         self._timeout_s = settings.runner_timeout_s
         self._max_rows = settings.batch_max_size
         self._max_in_flight = settings.runner_calls_in_flight
+        self._explain_max_rows = settings.explain_max_rows
         self._infos: dict[str, ModelInfo] | None = None
         self._merged_calls: dict[str, MergedCalls] = {}
         self._ready = False
@@ -160,6 +179,36 @@ class DataPlane:
         if self._payload_log is not None:
             self._payload_log.offer(answer, rows)
         return answer
+
+    async def explain(self, spec: ModelSpec, rows: list[Row]) -> Explained:
+        """Validated rows -> the model's probabilities and each row's contributions. Costly per
+        row, so at most explain_max_rows per request, and one runner call each (not merged:
+        see service.ModelRunner). Not counted as predictions: the metrics of served traffic
+        would count a row twice when a client explains what it predicted."""
+        limit = self._explain_max_rows
+        if len(rows) > limit:
+            with refusals_counted(spec.name):
+                raise PayloadTooLarge.at(
+                    "instances",
+                    f"{len(rows)} rows to explain; the limit is {limit} per request "
+                    "(explain_max_rows)",
+                )
+        info = await self.model_info(spec)
+        api = getattr(self._runner, explainer_api_name(spec.name))
+        with runner_faults_unavailable(self._timeout_s):
+            answer = await within_deadline(call_with_retries(api, rows), self._timeout_s)
+        probabilities = np.asarray(answer["probabilities"])
+        tokens = answer["tokens"]
+        return Explained(
+            spec,
+            info.tag,
+            probabilities,
+            probabilities.argmax(axis=1),
+            contributions=np.asarray(answer["contributions"], dtype=np.float32),
+            outputs=tuple(answer["outputs"]),
+            scale=answer["scale"],
+            tokens=None if tokens is None else [[tuple(pair) for pair in row] for row in tokens],
+        )
 
     def _runner_calls(self, model_name: str) -> MergedCalls:
         # Made on first use: BentoML's client learns the runner's API names when it connects.

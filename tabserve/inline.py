@@ -7,21 +7,23 @@ plus the models), and the runner's adaptive batching across API workers; an API 
 merges its own concurrent requests per model (tabserve/runner_calls.py).
 
 `InlineRunner` offers the calls the runner service's client offers (`describe`, one
-`predict_<model>` per model, all awaitable), so the DataPlane does not know where models run.
+`predict_<model>` and one `explain_<model>` per model, all awaitable), so the DataPlane does not
+know where models run.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
-
-from tabserve.dataplane import runner_api_name
+from tabserve.dataplane import explainer_api_name, runner_api_name
 from tabserve.loaded_models import LoadedModels
 from tabserve.schemas import Row
+
+T = TypeVar("T")
 
 
 class InlineRunner:
@@ -34,13 +36,14 @@ class InlineRunner:
             len(models.loaded) * calls_in_flight, thread_name_prefix="inline-model"
         )
         for name in models.loaded:
-            setattr(self, runner_api_name(name), partial(self._predict, name))
+            setattr(self, runner_api_name(name), partial(self._call, models.predict_proba, name))
+            setattr(self, explainer_api_name(name), partial(self._call, models.explain, name))
 
     async def describe(self) -> list[dict[str, Any]]:
         return self._models.describe()
 
-    async def _predict(self, model_name: str, rows: list[Row]) -> np.ndarray:
+    async def _call(
+        self, method: Callable[[str, list[Row]], T], model_name: str, rows: list[Row]
+    ) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._models.predict_proba, model_name, rows
-        )
+        return await loop.run_in_executor(self._executor, method, model_name, rows)

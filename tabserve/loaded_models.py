@@ -41,3 +41,18 @@ class LoadedModels:
     def predict_proba(self, model_name: str, rows: list[Row]) -> np.ndarray:
         with metrics.inference_timer(model_name, len(rows)):
             return self.loaded[model_name].predict_proba(rows)
+
+    def explain(self, model_name: str, rows: list[Row]) -> dict[str, Any]:
+        """Probabilities and per-feature contributions (tabserve/explanations.py), as plain JSON:
+        a few thousand numbers at most (explain_max_rows), cheap to send from the runner."""
+        model = self.loaded[model_name]
+        with metrics.explanation_timer(model_name):
+            probabilities = model.predict_proba(rows)
+            explanation = model.explain(rows)
+        return {
+            "probabilities": probabilities.tolist(),
+            "contributions": explanation.contributions.tolist(),
+            "outputs": list(explanation.outputs),
+            "scale": explanation.scale,
+            "tokens": explanation.tokens,
+        }

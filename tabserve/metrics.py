@@ -120,6 +120,14 @@ INFERENCE_ROWS = Histogram(
     ("model",),
     buckets=_ROW_BUCKETS,
 )
+EXPLANATION_DURATION = Histogram(
+    "tabserve_explanation_duration_seconds",
+    "Time of one explanation call in the runner (probabilities and contributions of up to "
+    "explain_max_rows rows). Kept apart from tabserve_inference_duration_seconds: an "
+    "explanation costs many times a prediction and would skew its latencies.",
+    ("model",),
+    buckets=_LATENCY_BUCKETS_S,
+)
 MODEL_INFO = Gauge(
     "tabserve_model_info",
     "Always 1: the model a runner process loaded (tag, version, framework).",
@@ -249,6 +257,16 @@ def inference_timer(model_name: str, rows: int) -> Iterator[None]:
         yield
     finally:
         INFERENCE_DURATION.labels(model_name).observe(time.perf_counter() - started)
+
+
+@contextmanager
+def explanation_timer(model_name: str) -> Iterator[None]:
+    """Times one explanation call in the runner."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        EXPLANATION_DURATION.labels(model_name).observe(time.perf_counter() - started)
 
 
 def record_models_loading(model_names: Iterable[str]) -> None:

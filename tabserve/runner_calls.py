@@ -52,7 +52,7 @@ class CallerHungUp(Exception):
 CONNECTION_RETRIES = 3
 
 
-async def call_with_retries(api: RunnerApi, rows: list[Row]) -> np.ndarray:
+async def call_with_retries(api: RunnerApi, rows: list[Row]) -> Any:
     """Call a runner API, retrying when a pooled connection broke before an answer came.
 
     BentoML's API->runner client keeps idle connections for 15 s, the runner's server closes
@@ -62,10 +62,10 @@ async def call_with_retries(api: RunnerApi, rows: list[Row]) -> np.ndarray:
     """
     for _ in range(CONNECTION_RETRIES):
         try:
-            return np.asarray(await api(rows))
+            return await api(rows)
         except aiohttp.ClientConnectionError:
             continue
-    return np.asarray(await api(rows))
+    return await api(rows)
 
 
 class MergedCalls:
@@ -121,7 +121,9 @@ class MergedCalls:
     async def _send(self, batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]]) -> None:
         merged = batch[0][0] if len(batch) == 1 else [row for rows, _ in batch for row in rows]
         try:
-            answer = await within_deadline(call_with_retries(self._api, merged), self._timeout_s)
+            answer = np.asarray(
+                await within_deadline(call_with_retries(self._api, merged), self._timeout_s)
+            )
         except Exception as error:  # the runner's error is every caller's error
             for _, future in batch:
                 if not future.done():  # a cancelled caller, or one that hung up, has its answer

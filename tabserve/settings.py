@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         description="Most problems listed in one error answer; the rest are counted "
         "(`details_omitted`), so a body with thousands of bad fields gets a small answer.",
     )
+    explain_max_rows: int = Field(
+        100,
+        ge=1,
+        description="Most rows one explanation request (V1 :explain, the Open Inference "
+        "`contributions` output) may hold; more is a 413. An explanation costs many times a "
+        "prediction per row, so this bounds what one request can take of the runner.",
+    )
     max_drained_body_bytes: int = Field(
         32 * 1024 * 1024,
         ge=0,

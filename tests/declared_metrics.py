@@ -17,6 +17,7 @@ TABSERVE = {
     "tabserve_rejected_inputs_total": ("counter", {"model", "reason"}),
     "tabserve_inference_duration_seconds": ("histogram", {"model"}),
     "tabserve_inference_rows": ("histogram", {"model"}),
+    "tabserve_explanation_duration_seconds": ("histogram", {"model"}),
     "tabserve_model_info": ("gauge", {"model", "version", "tag", "framework"}),
     "tabserve_model_training_score": ("gauge", {"model", "version", "metric"}),
     "tabserve_model_loaded": ("gauge", {"model"}),

@@ -70,3 +70,11 @@ def assert_same_answers(result: Any, expected: tuple[list[str], np.ndarray]) -> 
     received = [v if isinstance(v, str) else v.decode() for v in result.as_numpy("label")]
     assert received == labels
     np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, rtol=1e-12)
+
+
+def contribution_columns(model_name: str) -> int:
+    """Columns of the `contributions` output: (features + 1) per explained class, one class for
+    a binary model, every class for a multi-class one (docs/protocols.md, Explanations)."""
+    spec = MODELS[model_name]
+    explained = 1 if len(spec.class_names) == 2 else len(spec.class_names)
+    return explained * (len(spec.features) + 1)

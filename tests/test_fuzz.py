@@ -22,8 +22,8 @@ RESPONSE_CONFORMANCE = (
     "response_headers_conformance",
     "response_schema_conformance",
 )
-# The model list and the per-model predict routes.
-CONFORMING_PATHS = r"^/v1/models(/[a-z]+:predict)?$"
+# The model list and the per-model predict and explain routes.
+CONFORMING_PATHS = r"^/v1/models(/[a-z]+:(predict|explain))?$"
 
 
 def schemathesis(server, reports: Path, checks: tuple[str, ...], *selection: str) -> str:

@@ -32,7 +32,12 @@ from tritonclient.utils import InferenceServerException
 from devtools.local_process import free_port
 from tabserve.catalog import MODELS
 from tests.data import instances
-from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
+from tests.oip_tensors import (
+    assert_same_answers,
+    contribution_columns,
+    infer_inputs,
+    v1_answers,
+)
 from tests.server import PROJECT, ServerProcess
 
 TOKEN = "grpc-test-token-0123456789"
@@ -131,6 +136,7 @@ def test_model_ready_metadata_and_inference_equal_v1(served: Served, model_name:
     assert [list(tensor.shape) for tensor in metadata.outputs] == [
         [-1],
         [-1, len(spec.class_names)],
+        [-1, contribution_columns(model_name)],  # tests/test_explain.py checks their values
     ]
     assert client.is_model_ready(model_name, metadata.versions[0], headers=AUTH)
 

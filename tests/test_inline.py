@@ -87,3 +87,14 @@ def test_grpc_answers_as_v1_does(inline: ServerProcess) -> None:
     with tc.InferenceServerClient(f"127.0.0.1:{inline.grpc_port}") as client:
         result = client.infer("admission", infer_inputs(tc, "admission", rows, binary=True))
     assert_same_answers(result, v1_answers(inline.url, "admission", rows))
+
+
+@pytest.mark.parametrize("model_name", ["churn", "spam"])
+def test_explanations_match_the_split_service(
+    inline: ServerProcess, server: ServerProcess, model_name: str
+) -> None:
+    body = {"instances": instances(model_name, 5, seed=2)}
+    inline_answer = httpx.post(f"{inline.url}/v1/models/{model_name}:explain", json=body)
+    split_answer = httpx.post(f"{server.url}/v1/models/{model_name}:explain", json=body)
+    assert inline_answer.status_code == split_answer.status_code == 200
+    assert inline_answer.json() == split_answer.json()

@@ -83,6 +83,7 @@ def test_every_declared_metric_is_exposed_with_its_labels(
     for name in MODELS:
         predict(client, name, instances(name, 2))
     client.post("/v1/models/iris:predict", json={"instances": [{}]})
+    client.post("/v1/models/churn:explain", json={"instances": instances("churn", 1)})
 
     response = httpx.get(server.metrics_url, timeout=30)
     families = {

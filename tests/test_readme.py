@@ -47,6 +47,17 @@ def test_readme_curl_example_answers_as_shown(server, path: str, body: dict, sho
     # The tests' models are trained in fast mode, so only the shape and classes are compared;
     # the README's numbers come from `make serve`'s full models.
     assert answer["model"].split(":")[0] == shown["model"].split(":")[0]
+    if "explanations" in shown:  # :explain: the same classes, features and explained classes
+        for served, documented in zip(answer["explanations"], shown["explanations"], strict=True):
+            assert served.keys() == documented.keys()
+            assert served["scale"] == documented["scale"]
+            assert [o["class"] for o in served["outputs"]] == [
+                o["class"] for o in documented["outputs"]
+            ]
+            assert served["outputs"][0]["contributions"].keys() == (
+                documented["outputs"][0]["contributions"].keys()
+            )
+        return
     assert len(answer["predictions"]) == len(shown["predictions"])
     for served, documented in zip(answer["predictions"], shown["predictions"], strict=True):
         assert served["probabilities"].keys() == documented["probabilities"].keys()

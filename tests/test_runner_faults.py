@@ -257,6 +257,25 @@ def test_v2_tabpy_and_grpc_answer_unavailable_while_the_runner_is_stopped(server
     assert _grpc_infer(server.grpc_port) == "OK"
 
 
+def test_an_explanation_answers_503_while_the_runner_is_stopped(server) -> None:
+    """DataPlane.explain has predict's fault handling: 503 with Retry-After within the
+    runner-call deadline, never a 500 or a wait for BentoML's 60 s."""
+    runner = server.worker("model_runner")
+    os.kill(runner.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = httpx.post(
+            f"{server.url}/v1/models/iris:explain", json={"instances": [IRIS_ROW]}, timeout=30
+        )
+        took_s = time.monotonic() - started
+    finally:
+        os.kill(runner.pid, signal.SIGCONT)
+    asyncio.run(_ready_again(server.url))
+    assert (answer.status_code, answer.headers.get("retry-after")) == (503, "1"), answer.text
+    assert "the model runner did not answer" in answer.json()["error"]
+    assert took_s < WORST_WAIT_S
+
+
 def _iris_answers(server: ServerProcess) -> dict[str, str]:
     """Which iris version each way of asking names (or the error it got instead)."""
 

@@ -19,7 +19,12 @@ from tritonclient.utils import InferenceServerException
 
 from tabserve.catalog import MODELS
 from tests.data import instances
-from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
+from tests.oip_tensors import (
+    assert_same_answers,
+    contribution_columns,
+    infer_inputs,
+    v1_answers,
+)
 
 ROWS = 25
 
@@ -64,6 +69,11 @@ def test_model_ready_and_metadata(
     assert metadata["outputs"] == [
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(spec.class_names)]},
+        {
+            "name": "contributions",
+            "datatype": "FP32",
+            "shape": [-1, contribution_columns(model_name)],
+        },
     ]
     assert metadata["parameters"]["class_names"] == list(spec.class_names)
 

@@ -3,6 +3,7 @@ query-string predictions of `GET /v1/models/<name>:predict`, against a real serv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tabserve.catalog import MODELS
+from tabserve.features import Kind
 from tests.system_packages import require
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -145,6 +147,61 @@ def test_invalid_values_are_shown_next_to_their_fields(page: Page, tmp_path: Pat
     page.click("#predict")
     expect(page.locator("#result")).to_be_visible()
     expect(page.locator("#error-age")).to_have_text("")
+
+
+def fill_form(page: Page, model: str, instance: dict[str, Any]) -> None:
+    for feature in MODELS[model].features:
+        value = instance[feature.name]
+        if feature.kind is Kind.BOOLEAN:
+            page.select_option(f"#feature-{feature.name}", str(value).lower())
+        elif feature.kind is Kind.CATEGORY:
+            page.select_option(f"#feature-{feature.name}", value)
+        else:
+            page.fill(f"#feature-{feature.name}", str(value))
+
+
+@pytest.mark.parametrize("model", ["churn", "iris", "spam"])
+def test_explain_shows_the_contributions_of_the_api(
+    page: Page, server, console_errors: list[str], model: str, tmp_path: Path
+) -> None:
+    """A binary XGBoost model, a multi-class one (the predicted class is shown), a text model
+    (its top tokens too): the bars carry the API's numbers, and they add up to the margin."""
+    instance = MODELS[model].example_instance()
+    open_model(page, model)
+    fill_form(page, model, instance)
+    page.click("#predict")
+    expect(page.locator("#result")).to_be_visible()
+    page.click("#explain")
+    expect(page.locator("#explanation")).to_be_visible()
+
+    answer = httpx.post(f"{server.url}/v1/models/{model}:explain", json={"instances": [instance]})
+    explanation = answer.json()["explanations"][0]
+    section = page.locator("#explanation")
+    shown_class = section.get_attribute("data-class")
+    if len(explanation["outputs"]) > 1:  # multi-class: the predicted class is explained
+        assert shown_class == explanation["label"]
+    (output,) = [o for o in explanation["outputs"] if o["class"] == shown_class]
+    bars = {
+        item.get_attribute("data-name"): float(item.get_attribute("data-contribution"))
+        for item in page.locator("#contributions li").all()
+    }
+    assert bars == output["contributions"]
+    margin = float(section.get_attribute("data-margin"))
+    base_value = float(section.get_attribute("data-base-value"))
+    assert margin == output["margin"]
+    assert math.fsum(bars.values()) + base_value == pytest.approx(margin, abs=1e-9)
+    tokens = {
+        item.get_attribute("data-name"): float(item.get_attribute("data-contribution"))
+        for item in page.locator("#tokens li").all()
+    }
+    assert tokens == {t["token"]: t["contribution"] for t in explanation.get("tokens", [])}
+    if model == "spam":
+        assert tokens
+        expect(page.locator("#tokens-section")).to_be_visible()
+    else:
+        expect(page.locator("#tokens-section")).to_be_hidden()
+    page.screenshot(path=tmp_path / f"{model}-explanation.png", full_page=True)
+    assert console_errors == []  # the bars' sizes are set under the CSP without a violation
 
 
 def test_model_choice_survives_a_reload(page: Page) -> None:

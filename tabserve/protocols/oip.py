@@ -15,7 +15,10 @@ How a model's features map to tensors (docs/protocols.md has the full table):
 * an optional feature may be left out (missing in every row), or, in a float tensor, be NaN in
   the rows where it is missing; the model's pipeline imputes it;
 * outputs: `label` BYTES [N] (the most probable class) and `probabilities` FP64 [N, classes],
-  columns in the order of the `class_names` model property.
+  columns in the order of the `class_names` model property; on request only, `contributions`
+  FP32 [N, outputs x (features + 1)]: per explained class (one for a binary model, every class
+  in order for a multi-class one), each feature's contribution to the margin, the base value last
+  (Triton FIL's `treeshap_output` layout).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
-from tabserve.dataplane import DataPlane, Predictions
+from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.errors import ModelNotFound
 from tabserve.features import Feature, Kind
 from tabserve.instances import refusals_counted, rows_from_body
@@ -65,7 +68,10 @@ _ACCEPTED_TYPES = {
 
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
-OUTPUT_NAMES = (LABEL_OUTPUT, PROBABILITIES_OUTPUT)
+OUTPUT_NAMES = (LABEL_OUTPUT, PROBABILITIES_OUTPUT)  # what a request naming no output gets
+# Computed only when a request names it: an explanation costs many times a prediction.
+CONTRIBUTIONS_OUTPUT = "contributions"
+REQUESTABLE_OUTPUTS = (*OUTPUT_NAMES, CONTRIBUTIONS_OUTPUT)
 
 
 # --- requests, responses, metadata --------------------------------------------------------------
@@ -152,6 +158,7 @@ class OpenInference:
             outputs=[
                 TensorMetadata(LABEL_OUTPUT, "BYTES", (-1,)),
                 TensorMetadata(PROBABILITIES_OUTPUT, "FP64", (-1, len(spec.class_names))),
+                TensorMetadata(CONTRIBUTIONS_OUTPUT, "FP32", (-1, _contribution_columns(spec))),
             ],
             properties=properties,
         )
@@ -162,8 +169,12 @@ class OpenInference:
         with refusals_counted(spec.name):
             _check_outputs(spec, request.outputs)
             rows = _rows(spec, request.inputs, self._max_rows)
-        outputs = _output_tensors(await self.plane.predict(spec, rows))
         wanted = request.outputs or list(OUTPUT_NAMES)
+        if CONTRIBUTIONS_OUTPUT in wanted:
+            explained = await self.plane.explain(spec, rows)
+            outputs = {**_output_tensors(explained), **_contributions(explained)}
+        else:
+            outputs = _output_tensors(await self.plane.predict(spec, rows))
         return InferenceResponse(
             model_name=spec.name,
             model_version=metrics.version_of(info.tag),
@@ -184,9 +195,9 @@ class OpenInference:
 
 def _check_outputs(spec: ModelSpec, requested: list[str]) -> None:
     for name in requested:
-        if name not in OUTPUT_NAMES:
+        if name not in REQUESTABLE_OUTPUTS:
             raise InvalidTensor(
-                f"unknown output {name!r}; {spec.name} has outputs {', '.join(OUTPUT_NAMES)}"
+                f"unknown output {name!r}; {spec.name} has outputs {', '.join(REQUESTABLE_OUTPUTS)}"
             )
 
 
@@ -290,4 +301,19 @@ def _output_tensors(answer: Predictions) -> dict[str, Tensor]:
         PROBABILITIES_OUTPUT: Tensor(
             PROBABILITIES_OUTPUT, "FP64", probabilities.shape, probabilities.ravel()
         ),
+    }
+
+
+def _contribution_columns(spec: ModelSpec) -> int:
+    """Columns of the `contributions` output: a binary model explains one class (the second,
+    whose margin its booster or decision function gives), a multi-class model every class."""
+    explained = 1 if len(spec.class_names) == 2 else len(spec.class_names)
+    return explained * (len(spec.features) + 1)
+
+
+def _contributions(answer: Explained) -> dict[str, Tensor]:
+    # (rows, outputs, features + 1) -> (rows, outputs x (features + 1)): class by class.
+    values = answer.contributions.reshape(len(answer.contributions), -1)
+    return {
+        CONTRIBUTIONS_OUTPUT: Tensor(CONTRIBUTIONS_OUTPUT, "FP32", values.shape, values.ravel())
     }

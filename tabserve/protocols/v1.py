@@ -4,10 +4,13 @@ GET  /v1/models                  every model: tag, metrics, input schema
 GET  /v1/models/{name}           one model
 POST /v1/models/{name}:predict   {"instances": [{feature: value, ...}, ...]}
 GET  /v1/models/{name}:predict?feature=value&...   one instance, for the simplest clients
+POST /v1/models/{name}:explain   same body as :predict; per instance the prediction and each
+                                 feature's contribution to the model's margin
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -18,11 +21,11 @@ from pydantic import BaseModel, Field
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from tabserve.catalog import MODELS, ModelSpec
-from tabserve.dataplane import DataPlane, Predictions
+from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.errors import InvalidInput, UriTooLong
 from tabserve.instances import instance_from_text, refusals_counted, rows_from_body
 from tabserve.protocols.http import dataplane, read_json_body
-from tabserve.schemas import ErrorDetail, ErrorResponse, request_model
+from tabserve.schemas import ErrorDetail, ErrorResponse, Row, request_model
 from tabserve.settings import get_settings
 
 
@@ -48,6 +51,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "The instances do not fit the model's schema; `details` names each field.",
         503: "The model runner is overloaded or not loaded yet; retry later.",
     }.items()
+}
+_EXPLAIN_ERRORS = {
+    **_ERRORS,
+    413: {
+        "model": ErrorResponse,
+        "description": "The body is larger than the limit, or has more instances than "
+        "explain_max_rows.",
+    },
 }
 
 
@@ -87,16 +98,107 @@ def _answer(scores: Predictions) -> Response:
     return Response(body, media_type="application/json")
 
 
-# --- prediction routes ---------------------------------------------------------------------------
+class FeatureContribution(BaseModel):
+    feature: str
+    contribution: float
+
+
+class TokenContribution(BaseModel):
+    token: str
+    contribution: float
+
+
+class OutputExplanation(BaseModel):
+    explained_class: str = Field(alias="class", description="The class whose margin this is.")
+    base_value: float = Field(description="The margin before any feature is known.")
+    margin: float = Field(description="base_value plus every contribution: the model's margin.")
+    contributions: dict[str, float] = Field(description="Each feature's share of the margin.")
+    top: list[FeatureContribution] = Field(
+        description="Every feature, largest absolute contribution first."
+    )
+
+
+class Explanation(Prediction):
+    scale: str = Field(
+        description="The scale of margins and contributions: 'log-odds', or 'probability' for "
+        "a model without a margin."
+    )
+    outputs: list[OutputExplanation] = Field(
+        description="One per explained class: the second class of a binary model, every class "
+        "of a multi-class one."
+    )
+    tokens: list[TokenContribution] | None = Field(
+        None, description="Text models only: the words that weighed most, largest first."
+    )
+
+
+# The explain routes' `response_model`, for the OpenAPI document; `_explained` writes it.
+class ExplainResponse(BaseModel):
+    explanations: list[Explanation]
+    model: str = Field(description="Tag of the model that answered (name:version).")
+
+
+def _explained(answer: Explained) -> Response:
+    """An ExplainResponse, built from the arrays as `_answer` builds a PredictResponse."""
+    classes = answer.spec.class_names
+    explanations = []
+    rows = zip(
+        answer.labels, answer.probabilities.tolist(), answer.contributions.tolist(), strict=True
+    )
+    for row, (label, probabilities, contributions) in enumerate(rows):
+        explanation: dict[str, Any] = {
+            "label": label,
+            "probabilities": dict(zip(classes, probabilities, strict=True)),
+            "scale": answer.scale,
+            "outputs": [
+                _output_explanation(answer.spec, explained_class, values)
+                for explained_class, values in zip(answer.outputs, contributions, strict=True)
+            ],
+        }
+        if answer.tokens is not None:
+            explanation["tokens"] = [
+                {"token": token, "contribution": value} for token, value in answer.tokens[row]
+            ]
+        explanations.append(explanation)
+    body = pydantic_core.to_json({"explanations": explanations, "model": answer.tag})
+    return Response(body, media_type="application/json")
+
+
+def _output_explanation(spec: ModelSpec, explained_class: str, values: list[float]) -> dict:
+    """One class's contributions (the spec's features in order, then the base value)."""
+    per_feature = dict(zip(spec.feature_names, values[:-1], strict=True))
+    ranked = sorted(per_feature.items(), key=lambda item: abs(item[1]), reverse=True)
+    return {
+        "class": explained_class,
+        "base_value": values[-1],
+        "margin": math.fsum(values),
+        "contributions": per_feature,
+        "top": [{"feature": name, "contribution": value} for name, value in ranked],
+    }
+
+
+# --- prediction and explanation routes ----------------------------------------------------------
+async def _rows(spec: ModelSpec, request: Request) -> list[Row]:
+    """A POST body's instances, validated (counted when refused)."""
+    body = await read_json_body(request)
+    with refusals_counted(spec.name):
+        return rows_from_body(spec.name, body)
+
+
 def _predict_endpoint(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
     async def predict(request: Request, plane: Plane) -> Response:
-        body = await read_json_body(request)
-        with refusals_counted(spec.name):
-            rows = rows_from_body(spec.name, body)
-        return _answer(await plane.predict(spec, rows))
+        return _answer(await plane.predict(spec, await _rows(spec, request)))
 
     predict.__name__ = f"predict_{spec.name}"
     return predict
+
+
+def _explain_endpoint(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
+    async def explain(request: Request, plane: Plane) -> Response:
+        return _explained(await plane.explain(spec, await _rows(spec, request)))
+
+    explain.__name__ = f"explain_{spec.name}"
+    return explain
 
 
 def _request_body(model_name: str) -> dict[str, Any]:
@@ -110,24 +212,33 @@ def _request_body(model_name: str) -> dict[str, Any]:
     }
 
 
-# One route per model, so the OpenAPI document carries each model's exact request schema;
-# the body is parsed by tabserve.instances (pydantic-core's JSON parser) rather than by FastAPI.
+# One route per model and verb, so the OpenAPI document carries each model's exact request
+# schema; the body is parsed by tabserve.instances (pydantic-core's JSON parser), not by FastAPI.
+_EXPLAIN_DESCRIPTION = (
+    "Each instance's prediction and every feature's contribution to the model's margin; at "
+    "most explain_max_rows instances."
+)
 for _name, _spec in MODELS.items():
-    router.add_api_route(
-        f"/models/{_name}:predict",
-        _predict_endpoint(_spec),
-        methods=["POST"],
-        response_model=PredictResponse,
-        summary=f"Predict: {_spec.title}",
-        description=_spec.use_case,
-        responses=_ERRORS,
-        openapi_extra=_request_body(_name),
-    )
+    for _verb, _endpoint, _response, _errors, _description in (
+        ("predict", _predict_endpoint, PredictResponse, _ERRORS, _spec.use_case),
+        ("explain", _explain_endpoint, ExplainResponse, _EXPLAIN_ERRORS, _EXPLAIN_DESCRIPTION),
+    ):
+        router.add_api_route(
+            f"/models/{_name}:{_verb}",
+            _endpoint(_spec),
+            methods=["POST"],
+            response_model=_response,
+            summary=f"{_verb.title()}: {_spec.title}",
+            description=_description,
+            responses=_errors,
+            openapi_extra=_request_body(_name),
+        )
 
 
 @router.post("/models/{model_name:model_name}:predict", include_in_schema=False)
-async def predict_unknown_model(model_name: str, plane: Plane) -> None:
-    plane.spec(model_name)  # raises ModelNotFound: every known model has its own route above
+@router.post("/models/{model_name:model_name}:explain", include_in_schema=False)
+async def unknown_model(model_name: str, plane: Plane) -> None:
+    plane.spec(model_name)  # raises ModelNotFound: every known model has its own routes above
 
 
 @router.get(

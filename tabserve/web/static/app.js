@@ -1,5 +1,7 @@
 // The prediction page: a form per model, built from the model's schema (GET /v1/models), sent to
 // the V1 API. The server is the only validator: its 422 details are shown next to their fields.
+// After a prediction, "Explain" asks POST :explain for the same instance and draws each
+// feature's contribution as a bar.
 "use strict";
 
 // Relative to /ui/, so the page keeps working behind a path prefix.
@@ -10,6 +12,7 @@ const FEATURE_ERROR = /^instances\[0\]\.(.+)$/;
 const $ = (id) => document.getElementById(id);
 let models = [];
 let current = null;
+let predicted = null; // the instance of the prediction shown, which "Explain" explains
 
 function element(tag, attributes = {}, text = "") {
   const node = document.createElement(tag);
@@ -170,7 +173,69 @@ function showResult(prediction, modelTag) {
     }),
   );
   $("result-model").textContent = modelTag;
+  $("explanation").hidden = true;
   $("result").hidden = false;
+}
+
+// --- explaining ---------------------------------------------------------------------------------
+// One bar per item, from the middle of its track: right for a positive contribution, left for a
+// negative one, lengths relative to the largest. Sizes through the CSSOM: the CSP forbids inline
+// style attributes, not this.
+function contributionBars(items, label = (name) => name) {
+  const largest = Math.max(...items.map(([, value]) => Math.abs(value)), 1e-12);
+  return items.map(([name, value]) => {
+    const item = element("li", { "data-name": name, "data-contribution": String(value) });
+    const track = element("span", { class: "track" });
+    const bar = element("span", { class: `bar ${value >= 0 ? "up" : "down"}` });
+    const half = (Math.abs(value) / largest) * 50;
+    bar.style.width = `${half}%`;
+    bar.style.left = `${value >= 0 ? 50 : 50 - half}%`;
+    track.append(bar);
+    const shown = `${value >= 0 ? "+" : ""}${value.toFixed(3)}`;
+    item.append(element("span", { class: "name", title: name }, label(name)), track, element("span", { class: "value" }, shown));
+    return item;
+  });
+}
+
+function showExplanation(explanation) {
+  // The predicted class's explanation when there is one (multi-class); a binary model explains
+  // its second class only.
+  const output = explanation.outputs.find((o) => o.class === explanation.label) || explanation.outputs[0];
+  const section = $("explanation");
+  section.dataset.class = output.class;
+  section.dataset.baseValue = String(output.base_value);
+  section.dataset.margin = String(output.margin);
+  $("explanation-title").textContent = `Why: contributions to the ${explanation.scale} of “${output.class}”`;
+  $("explanation-summary").textContent =
+    `Base value ${output.base_value.toFixed(3)} + contributions = ${output.margin.toFixed(3)}. ` +
+    "Red pushes towards this class, blue away from it.";
+  $("contributions").replaceChildren(
+    ...contributionBars(output.top.map((t) => [t.feature, t.contribution]), humanName),
+  );
+  const tokens = explanation.tokens || [];
+  $("tokens").replaceChildren(...contributionBars(tokens.map((t) => [t.token, t.contribution])));
+  $("tokens-section").hidden = tokens.length === 0;
+  section.hidden = false;
+}
+
+async function explain() {
+  const button = $("explain");
+  button.disabled = true;
+  $("form-error").hidden = true;
+  try {
+    const response = await callApi(`${API}/${current.name}:explain`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ instances: [predicted] }),
+    });
+    const body = await response.json();
+    if (response.ok) showExplanation(body.explanations[0]);
+    else showErrors(body);
+  } catch (error) {
+    showErrors({ error: `The server could not be reached: ${error.message}` });
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function predict(event) {
@@ -180,12 +245,14 @@ async function predict(event) {
   const button = $("predict");
   button.disabled = true;
   try {
+    const instance = instanceFromForm();
     const response = await callApi(`${API}/${current.name}:predict`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ instances: [instanceFromForm()] }),
+      body: JSON.stringify({ instances: [instance] }),
     });
     const body = await response.json();
+    predicted = instance;
     if (response.ok) showResult(body.predictions[0], body.model);
     else showErrors(body);
   } catch (error) {
@@ -197,6 +264,7 @@ async function predict(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("predict-form").addEventListener("submit", predict);
+  $("explain").addEventListener("click", explain);
   loadModels().catch((error) => {
     $("models").replaceChildren();
     $("load-error").textContent = `The models could not be loaded: ${error.message}`;
