@@ -22,6 +22,7 @@ from bentoml.exceptions import BentoMLException
 
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
+from tabserve.drift.monitor import DriftMonitor
 from tabserve.errors import ModelNotFound, ModelUnavailable
 from tabserve.runner_calls import MergedCalls, within_deadline
 from tabserve.schemas import ModelInfo, Row
@@ -96,6 +97,7 @@ class DataPlane:
         self._merged_calls: dict[str, MergedCalls] = {}
         self._ready = False
         self._recheck_ready_at = 0.0
+        self._drift = DriftMonitor(settings)
 
     # --- model registry ---------------------------------------------------------------------
     async def model_infos(self) -> dict[str, ModelInfo]:
@@ -150,6 +152,7 @@ class DataPlane:
             probabilities = await self._runner_calls(spec.name).predict(rows)
         best = probabilities.argmax(axis=1)
         metrics.record_predictions(spec, info.tag, probabilities, best)
+        self._drift.observe(spec, info, rows, probabilities, best)
         return Predictions(spec, info.tag, probabilities, best)
 
     def _runner_calls(self, model_name: str) -> MergedCalls:
