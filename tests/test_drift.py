@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tabserve.batch.scoring import chunks
 from tabserve.catalog import MODELS
 from tabserve.drift import report
-from tabserve.drift.monitor import DriftMonitor
-from tabserve.drift.reference import REFERENCE_KEY, Binning, psi
+from tabserve.drift.monitor import DriftMonitor, DriftWindow
+from tabserve.drift.reference import REFERENCE_KEY, Binning, Reference, psi, score_values
 from tabserve.inference import LoadedModel
 from tabserve.instances import rows_from_instances
 from tabserve.metrics import SCORE_DRIFT_PSI, version_of
@@ -106,6 +106,30 @@ def test_no_psi_before_the_minimum_rows_and_the_window_stays_bounded(trained_sto
     for seed in range(10):  # the window moves by quarters of 100 rows
         _observe(monitor, "iris", instances("iris", 100, seed=10 + seed))
         assert 300 <= window.rows <= 400
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_windows_counts_are_each_binnings_own(trained_store: Path, name: str) -> None:
+    """The window counts all features at once (BinCounter); training and the report count one
+    binning at a time (Binning.counts): the two must agree bin for bin."""
+    spec = MODELS[name]
+    model = LoadedModel(spec, bentoml.models.get(f"{name}:latest"), threads=1)
+    reference = Reference.of_model(model.info.metadata)
+    assert reference is not None
+    rows = rows_from_instances(name, instances(name, 500, seed=9))
+    probabilities = model.predict_proba(rows)
+    best = probabilities.argmax(axis=1)
+    window = DriftWindow(spec, reference, window_rows=10_000)
+    window.add(rows, probabilities, best)
+    counts = window.counts()
+    for position, feature in enumerate(spec.features):
+        column = [row[position] for row in rows]
+        assert counts[feature.name].tolist() == (
+            reference.features[feature.name].counts(column).tolist()
+        ), feature.name
+    scores = score_values(spec, probabilities, best)
+    assert counts["score"].tolist() == reference.score.counts(scores).tolist()
+    assert sum(counts["score"]) == window.rows == 500
 
 
 def test_binning_counts_other_and_missing_and_psi_uses_epsilon_for_empty_bins() -> None:

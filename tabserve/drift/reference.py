@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -64,23 +65,22 @@ class Binning:
         ranges += [f"{low}-{high}" for low, high in itertools.pairwise(bounds)]
         return [*ranges, f">{bounds[-1]}" if bounds else "all", "missing"]
 
+    @cached_property
+    def edge_array(self) -> np.ndarray:
+        return np.asarray(self.edges, dtype=np.float64)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Category -> its bin."""
+        return {category: position for position, category in enumerate(self.categories)}
+
     def counts(self, values: Sequence[Any]) -> np.ndarray:
         """How many of `values` (one column of rows; None = missing) fall in each bin."""
-        missing = self.bins - 1
         if self.kind == "category":
-            index = {category: position for position, category in enumerate(self.categories)}
-            other = len(self.categories)
-            bins = np.fromiter(
-                (missing if v is None else index.get(v, other) for v in values),
-                dtype=np.intp,
-                count=len(values),
-            )
-        else:
-            # None -> NaN, booleans -> 0/1
-            numbers = _tokens(values) if self.kind == "tokens" else np.array(values, np.float64)
-            bins = np.searchsorted(np.asarray(self.edges), numbers, side="left")
-            bins[np.isnan(numbers)] = missing
-        return np.bincount(bins, minlength=self.bins)
+            return np.bincount(category_bins(self, values), minlength=self.bins)
+        # None -> NaN, booleans -> 0/1
+        numbers = tokens(values) if self.kind == "tokens" else np.array(values, np.float64)
+        return np.bincount(numeric_bins(self, numbers), minlength=self.bins)
 
     def to_json(self) -> dict[str, Any]:
         described: dict[str, Any] = {"kind": self.kind, "fractions": list(self.fractions)}
@@ -100,6 +100,25 @@ class Binning:
         )
 
 
+def category_bins(binning: Binning, values: Sequence[Any]) -> np.ndarray:
+    """The bin of each category value: its own, "other" for an unknown one, or "missing"."""
+    index = binning.index
+    other, missing = len(binning.categories), len(binning.categories) + 1
+    return np.fromiter(
+        (missing if value is None else index.get(value, other) for value in values),
+        dtype=np.intp,
+        count=len(values),
+    )
+
+
+def numeric_bins(binning: Binning, values: np.ndarray) -> np.ndarray:
+    """The bin of each number: how many edges are below it (bin i holds edges[i-1] < x <=
+    edges[i]), or "missing" for a NaN."""
+    bins = np.searchsorted(binning.edge_array, values, side="left")
+    bins[np.isnan(values)] = binning.bins - 1
+    return bins
+
+
 def psi(reference: Sequence[float] | np.ndarray, counts: np.ndarray) -> float:
     """Population Stability Index of observed bin counts against reference fractions:
     sum((actual - expected) * ln(actual / expected)), empty bins counted as EPSILON."""
@@ -108,7 +127,7 @@ def psi(reference: Sequence[float] | np.ndarray, counts: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def _tokens(values: Sequence[Any]) -> np.ndarray:
+def tokens(values: Sequence[Any]) -> np.ndarray:
     """Texts -> their whitespace-separated token counts (NaN for a missing text)."""
     return np.array([np.nan if v is None else len(v.split()) for v in values], dtype=np.float64)
 
@@ -136,7 +155,7 @@ def feature_binning(feature: Feature, values: Sequence[Any]) -> Binning:
     if feature.kind is Kind.CATEGORY:
         return _measured(Binning("category", categories=feature.categories), values)
     if feature.kind is Kind.TEXT:
-        return _measured(Binning("tokens", edges=_quantile_edges(_tokens(values))), values)
+        return _measured(Binning("tokens", edges=_quantile_edges(tokens(values))), values)
     numbers = np.array(values, dtype=np.float64)
     return _measured(Binning("numeric", edges=_quantile_edges(numbers)), values)
 

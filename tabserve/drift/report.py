@@ -24,7 +24,7 @@ import numpy as np
 from tabserve.batch.scoring import chunks
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.drift.monitor import DriftWindow
-from tabserve.drift.reference import Binning, Reference, score_values
+from tabserve.drift.reference import Binning, Reference
 from tabserve.errors import ServingError
 from tabserve.instances import instance_from_text, rows_from_instances
 from tabserve.settings import get_settings
@@ -118,7 +118,7 @@ def compare(spec: ModelSpec, tag: str, path: Path) -> DriftWindow:
     for chunk in chunks(records(path, spec.name), get_settings().max_instances):
         rows = _validated(spec.name, chunk)
         probabilities = model.predict_proba(rows)
-        window.add(rows, score_values(spec, probabilities, probabilities.argmax(axis=1)))
+        window.add(rows, probabilities, probabilities.argmax(axis=1))
     if not window.rows:
         raise BadInput(f"{path}: no rows of model {spec.name}")
     return window
