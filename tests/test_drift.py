@@ -268,3 +268,12 @@ def test_report_of_a_missing_file_or_model_version(
     rows = _write_csv(tmp_path / "rows.csv", "iris", instances("iris", 5))
     assert report.main(["iris", str(rows), "--tag", "iris:doesnotexist"]) == 2
     assert "iris:doesnotexist: no such model in the store" in capsys.readouterr().err
+
+
+def test_a_minimum_over_three_quarters_of_the_window_is_refused_at_start_up() -> None:
+    """The window holds 3/4 of its rows after it moves: a larger minimum would export a PSI and
+    then stop refreshing it."""
+    with pytest.raises(ValueError, match=r"TABSERVE_DRIFT_MIN_ROWS \(800\) is over 3/4"):
+        Settings(drift_window_rows=1000, drift_min_rows=800)
+    assert Settings(drift_window_rows=1000, drift_min_rows=750).drift_min_rows == 750
+    assert Settings(drift_window_rows=0, drift_min_rows=5000).drift_window_rows == 0  # off
