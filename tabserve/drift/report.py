@@ -204,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, OSError, UnicodeDecodeError, csv.Error) as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return 2
-    drifted = write_report(window, tag, args.out, args.threshold)
+    try:
+        drifted = write_report(window, tag, args.out, args.threshold)
+    except ModuleNotFoundError as error:  # matplotlib: a dev dependency, not the service's
+        print(
+            f"{parser.prog}: the plots need {error.name}: pip install {error.name}", file=sys.stderr
+        )
+        return 2
     print(f"report: {args.out / 'drift.md'}" + (f"; drifted: {', '.join(drifted)}" * bool(drifted)))
     return 1 if drifted else 0
