@@ -25,6 +25,7 @@ from tabserve.drift.reference import REFERENCE_KEY, Binning, Reference, psi, sco
 from tabserve.inference import LoadedModel
 from tabserve.instances import rows_from_instances
 from tabserve.metrics import SCORE_DRIFT_PSI, version_of
+from tabserve.schemas import ModelInfo
 from tabserve.settings import Settings
 from tests.data import instances
 from tests.declared_metrics import DRIFT
@@ -277,3 +278,27 @@ def test_a_minimum_over_three_quarters_of_the_window_is_refused_at_start_up() ->
         Settings(drift_window_rows=1000, drift_min_rows=800)
     assert Settings(drift_window_rows=1000, drift_min_rows=750).drift_min_rows == 750
     assert Settings(drift_window_rows=0, drift_min_rows=5000).drift_window_rows == 0  # off
+
+
+@pytest.mark.parametrize(
+    "mangled",
+    [
+        {"kind": "numeric", "edges": [1.0], "fractions": [0.5, 0.5]},  # 3 bins
+        {"kind": "numeric", "edges": [2.0, 1.0], "fractions": [0.3, 0.3, 0.4, 0]},
+        {"kind": "histogram", "edges": [], "fractions": [1, 0]},
+        {"kind": "category", "categories": ["a"], "fractions": "abc"},
+    ],
+)
+def test_a_mangled_reference_turns_drift_off_for_the_model_not_its_requests(
+    trained_store: Path, mangled: dict[str, Any]
+) -> None:
+    spec = MODELS["iris"]
+    info = LoadedModel(spec, bentoml.models.get("iris:latest"), threads=1).info
+    metadata = json.loads(json.dumps(info.metadata))
+    metadata[REFERENCE_KEY]["features"]["petal_length_cm"] = mangled
+    mangled_info = ModelInfo(info.name, info.tag, info.framework, metadata)
+    monitor = DriftMonitor(Settings(drift_window_rows=40, drift_min_rows=1))
+    assert monitor._window(spec, mangled_info) is None
+    rows = rows_from_instances("iris", instances("iris", 20))
+    probabilities = np.full((20, 3), 1 / 3)
+    monitor.observe(spec, mangled_info, rows, probabilities, probabilities.argmax(axis=1))

@@ -12,6 +12,7 @@ The API workers import this module, so it must not import pandas or scikit-learn
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -92,12 +93,18 @@ class Binning:
 
     @classmethod
     def from_json(cls, described: dict[str, Any]) -> Binning:
-        return cls(
+        """Checked, as the service would otherwise fail requests on a mangled reference."""
+        binning = cls(
             kind=described["kind"],
-            edges=tuple(described.get("edges", ())),
+            edges=tuple(float(edge) for edge in described.get("edges", ())),
             categories=tuple(described.get("categories", ())),
-            fractions=tuple(described["fractions"]),
+            fractions=tuple(float(fraction) for fraction in described["fractions"]),
         )
+        if binning.kind not in typing.get_args(BinKind):
+            raise ValueError(f"unknown kind of bins {binning.kind!r}")
+        if len(binning.fractions) != binning.bins or list(binning.edges) != sorted(binning.edges):
+            raise ValueError(f"{binning.bins} bins need as many fractions and sorted edges")
+        return binning
 
 
 def category_bins(binning: Binning, values: Sequence[Any]) -> np.ndarray:
