@@ -58,6 +58,11 @@ COMMANDS = {
     "train": Command("train, evaluate and save the models (train.py)", main_of("train")),
     "serve": Command("serve the models (bentoml serve service:ModelAPI)", serve),
     "batch": Command("score a CSV file offline", main_of("tabserve.batch"), needs_checkout=False),
+    "drift": Command(
+        "compare rows with a model's training data (PSI report)",
+        main_of("tabserve.drift.report"),
+        needs_checkout=False,
+    ),
     "loadtest": Command("a bounded locust run, judged by thresholds", main_of("loadtests.run")),
     "soak": Command("minutes of mixed traffic, watched", main_of("loadtests.soak.__main__")),
     "bench": Command("tabserve against its peers, side by side", main_of("loadtests.bench.run")),

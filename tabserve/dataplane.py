@@ -22,6 +22,7 @@ from bentoml.exceptions import BentoMLException
 
 from tabserve import metrics
 from tabserve.catalog import MODELS, ModelSpec
+from tabserve.drift.monitor import DriftMonitor
 from tabserve.errors import ModelNotFound, ModelUnavailable, PayloadTooLarge
 from tabserve.instances import refusals_counted
 from tabserve.payloads import PayloadLog
@@ -109,7 +110,8 @@ class DataPlane:
         models: Mapping[str, ModelSpec] = MODELS,
         payload_log: PayloadLog | None = None,
     ) -> None:
-        # `runner`: awaitable calls to service.ModelRunner (its dependency proxy's `to_async`).
+        # `runner`: awaitable calls to the models: service.ModelRunner's (its dependency proxy's
+        # `to_async`), or the API worker's own in inline mode (tabserve/inline.py).
         self._runner = runner
         self._payload_log = payload_log  # None: payload logging is off
         self._models = models
@@ -121,6 +123,7 @@ class DataPlane:
         self._merged_calls: dict[str, MergedCalls] = {}
         self._ready = False
         self._recheck_ready_at = 0.0
+        self._drift = DriftMonitor(settings)
 
     # --- model registry ---------------------------------------------------------------------
     async def model_infos(self) -> dict[str, ModelInfo]:
@@ -175,6 +178,7 @@ class DataPlane:
             probabilities = await self._runner_calls(spec.name).predict(rows)
         best = probabilities.argmax(axis=1)
         metrics.record_predictions(spec, info.tag, probabilities, best)
+        self._drift.observe(spec, info, rows, probabilities, best)
         answer = Predictions(spec, info.tag, probabilities, best)
         if self._payload_log is not None:
             self._payload_log.offer(answer, rows)

@@ -106,6 +106,28 @@ PAYLOAD_RECORDS_DROPPED = Counter(
     ("sink", "reason"),
 )
 
+# --- feature drift (API service; tabserve/drift/monitor.py) ------------------------------------
+# Each API worker compares its own window of served rows with the training distribution. The
+# workers share the traffic at random (SO_REUSEPORT, one Service), so each window is a sample of
+# the same traffic: the worst live worker's value is exported ("livemax"), so that drift any
+# worker sees can alert; a worker's window needs Settings.drift_min_rows rows before it exports,
+# which bounds the sampling noise a max over workers could pick up. A dead worker's value goes.
+FEATURE_DRIFT_PSI = Gauge(
+    "tabserve_feature_drift_psi",
+    "Population Stability Index of a feature over an API worker's last served rows against the "
+    "model's training data (max over live workers). < 0.1 stable, 0.1-0.2 shifting, > 0.2 drift.",
+    ("model", "version", "feature"),
+    multiprocess_mode="livemax",
+)
+SCORE_DRIFT_PSI = Gauge(
+    "tabserve_score_drift_psi",
+    "Population Stability Index of the model's score (positive-class probability, or the "
+    "predicted class of a multi-class model) over an API worker's last served rows against "
+    "its hold-out predictions at training (max over live workers).",
+    ("model", "version"),
+    multiprocess_mode="livemax",
+)
+
 # --- model runner -------------------------------------------------------------------------------
 INFERENCE_DURATION = Histogram(
     "tabserve_inference_duration_seconds",
@@ -245,6 +267,17 @@ def record_payloads_written(sink: str, records: int) -> None:
 
 def record_payloads_dropped(sink: str, reason: str, records: int) -> None:
     PAYLOAD_RECORDS_DROPPED.labels(sink, reason).inc(records)
+
+
+# --- recording: feature drift --------------------------------------------------------------------
+def record_drift(
+    model_name: str, tag: str, score_psi: float, feature_psi: dict[str, float]
+) -> None:
+    """The PSIs of one model version's drift window (tabserve/drift/monitor.py)."""
+    version = version_of(tag)
+    SCORE_DRIFT_PSI.labels(model_name, version).set(score_psi)
+    for feature, value in feature_psi.items():
+        FEATURE_DRIFT_PSI.labels(model_name, version, feature).set(value)
 
 
 # --- recording: model runner --------------------------------------------------------------------

@@ -259,6 +259,25 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server listens on.")
 
+    # --- feature drift (tabserve/drift) ---------------------------------------------------------
+    drift_window_rows: int = Field(
+        10_000,
+        ge=0,
+        description="Served rows per model version each API worker compares with the model's "
+        "training distribution (the Population Stability Index gauges); 0 turns drift "
+        "monitoring off. The window holds the last 3/4 to all of this many rows: it moves in "
+        "quarters, each a count per bin, so its memory is bounded whatever the traffic (a "
+        "request larger than a quarter lands whole in one).",
+    )
+    drift_min_rows: int = Field(
+        1000,
+        ge=1,
+        description="Rows a worker's window must hold before it exports a PSI: on fewer, the "
+        "PSI is mostly sampling noise (10 bins over 100 rows read ~0.1 with no drift at all). "
+        "At most drift_window_rows x 3/4, or the PSI would stop being refreshed as the window "
+        "moves.",
+    )
+
     # --- access ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
         None,
@@ -316,6 +335,17 @@ class Settings(BaseSettings):
                 "(the file, for a mounted Secret)"
             )
         return {**values, "api_token": SecretStr(_token_from_file(str(path)))}
+
+    @model_validator(mode="after")
+    def _drift_min_rows_fit_the_window(self) -> Settings:
+        """The window holds at least 3/4 of drift_window_rows once it moves: a larger minimum
+        would export a PSI and then drop it again."""
+        if self.drift_window_rows and self.drift_min_rows * 4 > self.drift_window_rows * 3:
+            raise ValueError(
+                f"{ENV_PREFIX}DRIFT_MIN_ROWS ({self.drift_min_rows}) is over 3/4 of "
+                f"{ENV_PREFIX}DRIFT_WINDOW_ROWS ({self.drift_window_rows})"
+            )
+        return self
 
     @property
     def max_json_values(self) -> int:

@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from tabserve import datasets, integrity
 from tabserve.catalog import ModelSpec
+from tabserve.drift.reference import REFERENCE_KEY, Reference, feature_binning, score_binning
 from tabserve.estimators import SEED
 from tabserve.features import Kind
 
@@ -32,6 +33,7 @@ class TrainedModel:
     training_ranges: dict[str, Any]
     dataset_sha256: str
     rows: int
+    drift_reference: Reference
 
 
 def _encode_labels(spec: ModelSpec, labels: pd.Series) -> np.ndarray:
@@ -61,6 +63,24 @@ def _training_ranges(spec: ModelSpec, features: pd.DataFrame) -> dict[str, Any]:
                 "max_chars": int(lengths.max()),
             }
     return ranges
+
+
+def _drift_reference(
+    spec: ModelSpec, estimator: Any, x_train: pd.DataFrame, x_test: pd.DataFrame
+) -> Reference:
+    """What served traffic is compared with (tabserve/drift): the features as the model learned
+    them (training rows), its score on rows it did not learn from (hold-out)."""
+    features = {}
+    for feature in spec.features:
+        column = x_train[feature.name]
+        values = column.astype(object).where(column.notna(), None).tolist()  # NaN -> None
+        features[feature.name] = feature_binning(feature, values)
+    return Reference(
+        features=features,
+        score=score_binning(spec, estimator.predict_proba(x_test)),
+        rows=len(x_train),
+        score_rows=len(x_test),
+    )
 
 
 def _check_against_spec(spec: ModelSpec, features: pd.DataFrame) -> None:
@@ -120,6 +140,7 @@ def train(spec: ModelSpec, data_dir: Path = datasets.DATA_DIR, fast: bool = Fals
         training_ranges=_training_ranges(spec, features),
         dataset_sha256=dataset_sha256(spec, data_dir),
         rows=len(features),
+        drift_reference=_drift_reference(spec, estimator, x_train, x_test),
     )
 
 
@@ -135,6 +156,7 @@ def model_metadata(trained: TrainedModel) -> dict[str, Any]:
         "features": [feature.describe() for feature in spec.features],
         "training_ranges": trained.training_ranges,
         "class_names": list(spec.class_names),
+        REFERENCE_KEY: trained.drift_reference.to_json(),
         "versions": {
             "python": platform.python_version(),
             "scikit-learn": sklearn.__version__,

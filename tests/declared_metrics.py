@@ -29,6 +29,13 @@ PAYLOAD_LOG = {
     "tabserve_payload_records_dropped_total": ("counter", {"sink", "reason"}),
 }
 
+# Exposed only once an API worker's drift window holds Settings.drift_min_rows rows of a model
+# (tabserve/drift/monitor.py): tests/test_drift.py sends them and checks these.
+DRIFT = {
+    "tabserve_feature_drift_psi": ("gauge", {"model", "version", "feature"}),
+    "tabserve_score_drift_psi": ("gauge", {"model", "version"}),
+}
+
 _BENTOML_REQUEST = {"endpoint", "service_name", "service_version", "runner_name"}
 BENTOML = {
     "bentoml_service_request_total": ("counter", _BENTOML_REQUEST | {"http_response_code"}),
@@ -74,7 +81,7 @@ def series_names(name: str, kind: str) -> set[str]:
 
 KNOWN_SERIES = {
     series
-    for declared in (TABSERVE, BENTOML)
+    for declared in (TABSERVE, DRIFT, BENTOML)
     for name, (kind, _) in declared.items()
     for series in series_names(name, kind)
 } | KUBERNETES

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.chart.manifests import CHART, generate, load_values
@@ -58,15 +59,21 @@ def test_promtool_unit_tests_pass() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_unit_tests_fail_when_a_threshold_is_broken(tmp_path: Path) -> None:
-    """The unit tests can fail: raise the error-ratio threshold to 50% and they must."""
-    raised = {"alerts": {"TabserveHighErrorRatio": {"threshold": 0.5}}}
+@pytest.mark.parametrize(
+    ("alert", "threshold"),
+    [("TabserveHighErrorRatio", 0.5), ("TabserveFeatureDrift", 0.4), ("TabserveScoreDrift", 0.4)],
+)
+def test_unit_tests_fail_when_a_threshold_is_broken(
+    tmp_path: Path, alert: str, threshold: float
+) -> None:
+    """The unit tests can fail: raise an alert's threshold over its firing case and they must."""
+    raised = {"alerts": {alert: {"threshold": threshold}}}
     (tmp_path / "alerts.yaml").write_text(generate.render_rules(raised))
     shutil.copy(RULE_TESTS, tmp_path / "alerts_test.yaml")
     result = promtool("test", "rules", "alerts_test.yaml", cwd=tmp_path)
     assert result.returncode != 0
     failed = re.findall(r"alertname: (\w+)", result.stdout + result.stderr)
-    assert set(failed) == {"TabserveHighErrorRatio"}, result.stdout
+    assert set(failed) == {alert}, result.stdout
 
 
 def test_every_alert_is_tested_firing_and_not_firing() -> None:

@@ -87,8 +87,9 @@ def test_every_query_filters_by_the_dashboard_variables() -> None:
 
 
 def test_tables_query_the_present_and_lines_mark_the_objectives() -> None:
-    """A table shows one instant value per row; the latency and error panels draw the chart's
-    default objectives (the dashboard is static: these are what the alerts use by default)."""
+    """A table shows one instant value per row; the latency, error and drift panels draw the
+    chart's default objectives and thresholds (the dashboard is static: these are what the
+    alerts use by default)."""
     rules = load_values(CHART / "values.yaml")["metrics"]["prometheusRule"]
     latency = rules["alerts"]["TabserveLatencyP99AboveSLO"]["threshold"]
     budget = round(1 - rules["slo"]["availability"], 6)
@@ -106,10 +107,14 @@ def test_tables_query_the_present_and_lines_mark_the_objectives() -> None:
             if "thresholds" in defaults:
                 assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed"
                 lines[panel["title"]] = [s["value"] for s in defaults["thresholds"]["steps"]]
+    feature_drift = rules["alerts"]["TabserveFeatureDrift"]["threshold"]
+    score_drift = rules["alerts"]["TabserveScoreDrift"]["threshold"]
     assert lines == {
         "Server error ratio by route": [None, budget],
         "Request latency p50 / p95 / p99": [None, latency],
         "p99 latency by route": [None, latency],
+        "Feature drift (PSI) by feature": [None, feature_drift],
+        "Score drift (PSI) by model": [None, score_drift],
     }
 
 
@@ -153,8 +158,10 @@ def _load(server: ServerProcess) -> dict[str, int]:
 def prometheus(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     require("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
+    # The load sends a few hundred rows per model: the drift panels need their PSI exported.
+    drift = {"TABSERVE_DRIFT_MIN_ROWS": "20"}
     with (
-        ServerProcess.start(workdir / "serve.log") as server,
+        ServerProcess.start(workdir / "serve.log", env=drift) as server,
         Prometheus.start([server.metrics_url.split("/")[2]], workdir, 1.0) as running,
     ):
         _wait_for_first_scrape(running)

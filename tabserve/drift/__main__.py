@@ -1,0 +1,5 @@
+import sys
+
+from tabserve.drift.report import main
+
+sys.exit(main())
