@@ -175,9 +175,13 @@ $(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/pip install --quiet --requirement loadtests/baselines/mlserver-requirements.txt
 	@touch $@
 
-bench: install $(MLSERVER_VENV)/.installed ## ~13 min: tabserve vs Flask, gunicorn, MLServer; reports/bench-<time>/
+# BENCH_ARGS="--quick": every step, short (a smoke test, ~3 min); "--peers tabserve flask-dev",
+# "--rates 10 50 100" ...; every option: .venv/bin/tabserve bench -h
+BENCH_ARGS ?=
+
+bench: install $(MLSERVER_VENV)/.installed ## ~20 min: tabserve vs Flask, gunicorn, MLServer, closed and open loop; reports/bench-<time>/
 	$(BIN)/tabserve train --if-missing
-	$(BIN)/tabserve bench
+	$(BIN)/tabserve bench $(BENCH_ARGS)
 
 # --- Soak test: a real server under open-loop mixed traffic for minutes (loadtests/README.md) -----
 .PHONY: soak

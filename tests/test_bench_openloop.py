@@ -4,6 +4,8 @@ made-up results."""
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
 
@@ -31,10 +33,38 @@ def test_open_loop_at_a_low_rate_answers_every_request_on_schedule(server) -> No
     assert result.requests == 60
     assert (result.ok, result.errors) == (60, {})
     # 60 answers spread over the 3 s schedule (+ the last answer's latency).
-    assert 16 <= result.achieved_rps <= 21
+    assert 12 <= result.achieved_rps <= 21
     assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms < 5000
     assert result.server_cpu_ms_per_request > 0.05  # the whole tree worked for every request
     assert result.client_cpu_ms_per_request > 0
+
+
+class _StallingBodies(list):
+    """The bodies, but handing out body `at` stalls the client's thread (and so its event
+    loop) for `seconds`, as a garbage collection or a paused VM would."""
+
+    def __init__(self, bodies: list[bytes], at: int, seconds: float) -> None:
+        super().__init__(bodies)
+        self.at, self.seconds = at, seconds
+
+    def __getitem__(self, index):
+        if index == self.at:
+            time.sleep(self.seconds)
+        return super().__getitem__(index)
+
+
+@pytest.mark.slow
+def test_open_loop_latency_counts_from_the_due_time_when_the_client_stalls(server) -> None:
+    """No coordinated omission: the requests due while the client stalled (at the first one,
+    nothing in flight) are sent late, and their latency includes the wait; timed from the
+    actual sends they would look fine."""
+    bodies = _StallingBodies(BODIES, at=0, seconds=1.0)
+    result = open_loop(server.url, PATH, bodies, 20, 3, lambda: _server_cpu(server))
+    assert (result.ok, result.errors) == (60, {})
+    assert result.lag_p99_ms >= 900  # the first request was due when the stall began
+    assert result.p99_ms >= result.lag_p99_ms
+    assert result.p99_from_send_ms < result.p99_ms - 300
+    assert result.client_limited
 
 
 @pytest.mark.slow
@@ -56,19 +86,26 @@ def test_one_user_closed_loop(server) -> None:
     assert result.rps == pytest.approx(result.requests / 2, rel=0.5)
 
 
-def _made_up(rate: float, p99_ms: float, client_cpu_share: float = 0.1) -> OpenLoopResult:
+def _made_up(
+    rate: float, p99_ms: float, client_cpu_share: float = 0.1, p99_from_send_ms: float = 0
+) -> OpenLoopResult:
     return OpenLoopResult(
         offered_rps=rate, requests=100, ok=100, errors={}, achieved_rps=rate, p50_ms=1.0,
-        p99_ms=p99_ms, max_ms=p99_ms, lag_p99_ms=0.5, client_cpu_share=client_cpu_share,
-        client_cpu_ms_per_request=0.1, server_cpu_ms_per_request=1.0,
+        p99_ms=p99_ms, max_ms=p99_ms, p99_from_send_ms=p99_from_send_ms or p99_ms, lag_p99_ms=0.5,
+        client_cpu_share=client_cpu_share, client_cpu_ms_per_request=0.1,
+        server_cpu_ms_per_request=1.0,
     )  # fmt: skip
 
 
 def _server_with_knee(knee: float, client_limit: float = float("inf")):
-    """A made-up server whose p99 jumps past 50 ms above `knee` req/s."""
+    """A made-up server whose p99 jumps past 50 ms above `knee` req/s, measured by a client
+    that is busy above `client_limit` req/s (and so sends late: 200 ms p99 from the due times,
+    10 ms from the actual sends)."""
 
     def measure(rate: float) -> OpenLoopResult:
-        return _made_up(rate, 10 if rate <= knee else 200, 0.9 if rate > client_limit else 0.1)
+        if rate > client_limit:
+            return _made_up(rate, 200, client_cpu_share=0.9, p99_from_send_ms=10)
+        return _made_up(rate, 10 if rate <= knee else 200)
 
     return measure
 
@@ -80,13 +117,21 @@ def test_search_bisects_between_the_highest_rate_that_held_and_the_lowest_that_f
     # 1000 failed, 500 held: 750 fails, 625 and 687.5 and 718.8 hold; 718.8 is within 5% of 750.
     assert [r.offered_rps for r in search.runs] == [750, 625, 687.5, 718.8]
     assert (search.highest_holding, search.lowest_failing) == (718.8, 750)
-    assert search.client_limited_at is None
+    assert search.undecided_at is None
 
 
-def test_search_doubles_while_every_rate_holds_and_stops_at_the_client_limit() -> None:
+def test_a_busy_client_decides_nothing_only_when_the_server_alone_did_not_fail() -> None:
+    assert _made_up(100, 10, client_cpu_share=0.9).holds  # late, and still in time
+    failed_by_the_client = _made_up(100, 200, client_cpu_share=0.9, p99_from_send_ms=10)
+    assert failed_by_the_client.undecided and not failed_by_the_client.holds
+    assert not _made_up(100, 200, client_cpu_share=0.9, p99_from_send_ms=120).undecided
+    assert not _made_up(100, 200).undecided  # the client was on time: the server failed
+
+
+def test_search_doubles_while_every_rate_holds_and_stops_where_the_client_is_busy() -> None:
     measure = _server_with_knee(10_000, client_limit=3000)
     sweep = [measure(rate) for rate in (10, 100, 500, 1000)]
     search = search_highest_rate(measure, sweep, steps=5)
     assert [r.offered_rps for r in search.runs] == [2000, 4000]
     assert (search.highest_holding, search.lowest_failing) == (2000, None)
-    assert search.client_limited_at == 4000
+    assert search.undecided_at == 4000

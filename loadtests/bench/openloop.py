@@ -12,7 +12,11 @@ once (a request due while that many are in flight is not sent and counts as an e
 The client is one asyncio loop with an aiohttp keep-alive pool, in the calling thread; its own
 CPU (`time.thread_time()` of that thread) and how late it sent each request are measured. A run
 where the client was busy most of the time or sent late is marked client-limited: its latencies
-are then the client's as much as the server's, and the report says so instead of using them.
+are then the client's as much as the server's. Counted from the due times, they can only make
+the server look slower, so such a run that still holds, holds; one that fails only by its
+latencies, and still holds them counted from the actual sends, is undecided, and the report
+says so instead of blaming the server. Errors and requests refused for too many in flight are
+the server's, however late the client.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class OpenLoopResult:
     p50_ms: float  # of the 200 answers, from their due time
     p99_ms: float
     max_ms: float
+    p99_from_send_ms: float  # the same, from when the client actually sent them
     lag_p99_ms: float  # how late the client sent, p99
     client_cpu_share: float  # the client thread's CPU / wall time of the run
     client_cpu_ms_per_request: float
@@ -65,18 +70,27 @@ class OpenLoopResult:
 
     @property
     def client_limited(self) -> bool:
+        """The client was busy most of the run or sent late (its own CPU, or the machine's other
+        work): the latencies, counted from the due times, include its delay."""
         return self.client_cpu_share > CLIENT_BUSY_SHARE or self.lag_p99_ms > CLIENT_LAG_P99_MS
 
     @property
     def holds(self) -> bool:
-        """Every request answered 200 at the offered rate with p99 <= SLO_P99_MS, measured by
-        a client that kept its schedule."""
+        """Every request answered 200 at the offered rate with p99 <= SLO_P99_MS. Counted from
+        the due times, a late client only makes it harder: a run that holds, holds."""
         return (
-            not self.client_limited
-            and self.error_count == 0
+            self.error_count == 0
             and self.p99_ms <= SLO_P99_MS
             and self.achieved_rps >= MIN_ACHIEVED_SHARE * self.offered_rps
         )
+
+    @property
+    def undecided(self) -> bool:
+        """Failed, but the client may be why: it was late or busy, and the server alone did
+        not fail (no errors, none refused for too many in flight; p99 from the actual sends
+        within the target)."""
+        server_failed = self.error_count > 0 or self.p99_from_send_ms > SLO_P99_MS
+        return not self.holds and self.client_limited and not server_failed
 
 
 async def _post(session: aiohttp.ClientSession, path: str, body: bytes) -> str:
@@ -165,6 +179,7 @@ def open_loop(
     server_cpu_s = server_cpu() - cpu_before
     ok = [t for t, answer in zip(out.times, out.answers, strict=True) if answer == "200"]
     latencies = [answered - due for due, _, answered in ok]
+    from_send = [answered - sent for _, sent, answered in ok]
     lags = [sent - due for due, sent, _ in out.times]
     errors = Counter(answer for answer in out.answers if answer != "200")
     if not_sent:
@@ -180,6 +195,7 @@ def open_loop(
         p50_ms=_percentile_ms(latencies, 50),
         p99_ms=_percentile_ms(latencies, 99),
         max_ms=max(latencies, default=float("nan")) * 1000,
+        p99_from_send_ms=_percentile_ms(from_send, 99),
         lag_p99_ms=_percentile_ms(lags, 99),
         client_cpu_share=client_cpu / wall,
         client_cpu_ms_per_request=client_cpu / count * 1000,
@@ -232,22 +248,22 @@ def one_user(url: str, path: str, bodies: list[bytes], seconds: float) -> Closed
 @dataclass(frozen=True)
 class RateSearch:
     """The highest offered rate seen to hold, and the lowest seen to fail (None: none failed
-    within the steps). `client_limited_at`: the search stopped there, the client could not
-    offer the rate honestly, so the server's limit is at least `highest_holding`."""
+    within the steps). `undecided_at`: the search stopped at this rate, which failed with
+    the client late or busy (undecided): the server's limit is at least `highest_holding`."""
 
     highest_holding: float
     lowest_failing: float | None
-    client_limited_at: float | None
+    undecided_at: float | None
     runs: list[OpenLoopResult]
 
 
 def _bounds(runs: list[OpenLoopResult]) -> tuple[float, float | None, float | None]:
     """(highest rate that held below the lowest that failed, or 0; that lowest failing rate;
-    the lowest client-limited rate between them)."""
-    high = min((r.offered_rps for r in runs if not r.holds and not r.client_limited), default=None)
+    the lowest undecided rate between them)."""
+    high = min((r.offered_rps for r in runs if not r.holds and not r.undecided), default=None)
     below_high = [r for r in runs if high is None or r.offered_rps < high]
     low = max((r.offered_rps for r in below_high if r.holds), default=0.0)
-    limited = [r.offered_rps for r in below_high if r.client_limited and r.offered_rps > low]
+    limited = [r.offered_rps for r in below_high if r.undecided and r.offered_rps > low]
     return low, high, min(limited, default=None)
 
 
@@ -256,7 +272,7 @@ def search_highest_rate(
 ) -> RateSearch:
     """From the sweep's results, at most `steps` more runs: doubling the rate while every rate
     holds, then bisecting between the highest that held and the lowest that failed, until they
-    are within 5%. Stops where the client could not offer the rate."""
+    are within 5%. Stops at an undecided rate: the client cannot say more there."""
     runs = list(sweep)
     for _ in range(steps):
         low, high, limited = _bounds(runs)

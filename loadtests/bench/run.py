@@ -2,11 +2,15 @@
 
     python -m loadtests.bench.run                       # the full run (~13 minutes)
     python -m loadtests.bench.run --repeats 1 --seconds-1 5 --seconds-32 5 --peers tabserve
+    python -m loadtests.bench.run --quick                # every step, short: a smoke test
 
-Each repeat starts every server in turn (A B C A B C ...), loads it at 1 user then 32 users
-with the same locust scenario (loadtests/bench/locustfile.py), and stops it. Writes
-reports/bench-<timestamp>/: report.md, bench.png, results.json, locust CSVs and server logs.
-Not part of `make test`: it needs ~13 minutes of a quiet machine.
+Each repeat starts every server in turn (A B C A B C ...), loads it at 32 users then 1 user
+with the same locust scenario (loadtests/bench/locustfile.py), and stops it. In the last repeat
+each server also gets the lone-request and open-loop runs (loadtests/bench/openloop.py): one
+closed-loop user when fresh and right after the 32 users, then constant arrival rates and a
+search for the highest rate with p99 <= 50 ms. Writes reports/bench-<timestamp>/: report.md,
+bench.png, openloop.png, results.json, locust CSVs and server logs.
+Not part of `make test`: it needs ~20 minutes of a quiet machine.
 """
 
 from __future__ import annotations
@@ -24,15 +28,25 @@ import bentoml
 import httpx
 
 from loadtests.bench.inprocess import BATCH_ROWS, ceilings
-from loadtests.bench.measure import RunningServer, load, serve
+from loadtests.bench.measure import RunningServer, cpu_seconds, load, serve
+from loadtests.bench.openloop import OpenLoopResult, one_user, open_loop, search_highest_rate
 from loadtests.bench.peers import PROJECT, all_peers
-from loadtests.bench.report import markdown, plot
+from loadtests.bench.report import markdown, plot, plot_open_loop
 from loadtests.payloads import instances, v1_body
 from tabserve.training import XGBOOST_MODEL_FILE
 
 USER_COUNTS = (32, 1)
 # Sequential 1000-row requests timed against our server (the batch target).
 BATCH_REQUESTS = 10
+# --quick: every step of the bench, short, for a smoke test of the whole pipeline.
+QUICK = {
+    "repeats": 1,
+    "seconds_1": 5,
+    "seconds_32": 5,
+    "open_seconds": 2.0,
+    "search_steps": 1,
+    "lone_seconds": 2.0,
+}
 
 
 def batch_rows_per_s(server: RunningServer) -> float:
@@ -54,7 +68,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds-32", type=int, default=15, help="load time at 32 users")
     parser.add_argument("--peers", nargs="*", help="only these servers (default: all)")
     parser.add_argument("--reports", type=Path, default=PROJECT / "reports")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[10, 50, 100, 500, 1000],
+        help="open-loop rates, requests/s (10 and 50 decide the lone-request CPU target)",
+    )  # fmt: skip
+    parser.add_argument("--open-seconds", type=float, default=8, help="time at each rate")
+    parser.add_argument(
+        "--search-steps", type=int, default=4,
+        help="runs, after the rates, searching for the highest rate with p99 <= 50 ms",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lone-seconds", type=float, default=5,
+        help="time of one closed-loop user, fresh and right after the 32 users",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help=f"short runs: {QUICK}")
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    return args
+
+
+def lone(server: RunningServer, bodies: list[bytes], when: str, seconds: float) -> dict[str, Any]:
+    result = one_user(server.url, server.peer.predict_path, bodies, seconds)
+    record = {"peer": server.peer.name, "when": when, **asdict(result)}
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def open_loop_runs(
+    server: RunningServer, bodies: list[bytes], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The open-loop sweep over `args.rates`, then the search: (every run, the search's result)."""
+    records = []
+
+    def measure(rate: float, phase: str = "search") -> OpenLoopResult:
+        result = open_loop(
+            server.url, server.peer.predict_path, bodies, rate, args.open_seconds,
+            lambda: cpu_seconds(server.root),
+        )  # fmt: skip
+        record = {"peer": server.peer.name, "phase": phase, **asdict(result)}
+        record |= {"holds": result.holds, "client_limited": result.client_limited}
+        record |= {"undecided": result.undecided}
+        print(json.dumps(record), flush=True)
+        records.append(record)
+        return result
+
+    sweep = [measure(rate, "sweep") for rate in sorted(args.rates)]
+    search = search_highest_rate(measure, sweep, args.search_steps)
+    return records, {"peer": server.peer.name, **asdict(search) | {"runs": len(search.runs)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,17 +132,24 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "seconds": seconds,
         "repeats": args.repeats,
+        "open_seconds": args.open_seconds,
+        "lone_seconds": args.lone_seconds,
         "model": str(model.tag),
         "peers": {peer.name: peer.description for peer in peers},
     }
     print(f"bench of {', '.join(p.name for p in peers)} on {model.tag} -> {out}", flush=True)
     extras: dict[str, Any] = {"ceilings": [asdict(c) for c in ceilings(model)]}
     runs: list[dict[str, Any]] = []
+    extras |= {"lone": [], "open_loop": [], "searches": []}
     for repeat in range(1, args.repeats + 1):
+        last = repeat == args.repeats
         for peer in peers:
             bodies = out / f"{peer.name}-bodies.json"
             bodies.write_text(json.dumps(peer.bodies()))
+            raw_bodies = [body.encode() for body in peer.bodies()]
             with serve(peer, out / f"{peer.name}-{repeat}") as server:
+                if last:
+                    extras["lone"].append(lone(server, raw_bodies, "fresh", args.lone_seconds))
                 for users in USER_COUNTS:
                     result = load(server, users, seconds[users], bodies, out)
                     run = {"repeat": repeat, "peer": peer.name, "users": users, **asdict(result)}
@@ -92,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     runs.append(run)
                     print(json.dumps(run), flush=True)
-                if peer.ours and repeat == args.repeats:
+                    if last and users == max(USER_COUNTS):
+                        after = lone(server, raw_bodies, "after 32 users", args.lone_seconds)
+                        extras["lone"].append(after)
+                if last:
+                    records, search = open_loop_runs(server, raw_bodies, args)
+                    extras["open_loop"] += records
+                    extras["searches"].append(search)
+                if peer.ours and last:
                     extras["batch_rows_per_s"] = batch_rows_per_s(server)
                 server.memory.stop()
     context["load_after"] = os.getloadavg()
@@ -101,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"context": context, "extras": extras, "runs": runs}, indent=2)
     )
     plot(runs, out / "bench.png")
+    plot_open_loop(extras["open_loop"], out / "openloop.png")
     report = markdown(runs, ours, extras, context)
     (out / "report.md").write_text(report)
     print(report)
