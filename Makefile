@@ -37,7 +37,8 @@ help: ## list the targets, and the main variables with their values
 	  LOADTEST_ARGS 'tabserve loadtest options (-h); after --, locust options' '$(or $(LOADTEST_ARGS),-)' \
 	  SOAK_DURATION 'seconds of make soak' '$(SOAK_DURATION)' \
 	  SOAK_RATE 'requests per second of make soak' '$(SOAK_RATE)' \
-	  SOAK_ARGS 'tabserve soak options (-h)' '$(or $(SOAK_ARGS),-)'
+	  SOAK_ARGS 'tabserve soak options (-h)' '$(or $(SOAK_ARGS),-)' \
+	  BENCH_ARGS 'tabserve bench options (-h); --quick: a short smoke run' '$(or $(BENCH_ARGS),-)'
 
 # The venv is rebuilt when the declared or pinned dependencies change: the runtime packages
 # first (all serve, train and batch need), then the dev extra on top for the rest.
