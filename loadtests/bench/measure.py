@@ -146,6 +146,13 @@ class LoadResult:
     cpu_s_per_1k: float
 
 
+def _percentile_ms(value: str) -> float:
+    """locust writes N/A for a run with no requests. Seen on this machine under heavy load: its
+    run-time limit ended a 5 s run 0.3 s after the users started, and the CSV held no request.
+    The report then shows nan rather than the bench stopping."""
+    return float("nan") if value == "N/A" else float(value)
+
+
 def load(server: RunningServer, users: int, seconds: int, bodies: Path, out: Path) -> LoadResult:
     """`users` closed-loop locust users for `seconds` (after all have started)."""
     prefix = out / f"{server.peer.name}-{users}u"
@@ -174,8 +181,8 @@ def load(server: RunningServer, users: int, seconds: int, bodies: Path, out: Pat
         requests=requests,
         failures=int(total["Failure Count"]),
         rps=float(total["Requests/s"]),
-        p50_ms=float(total["50%"]),
-        p95_ms=float(total["95%"]),
-        p99_ms=float(total["99%"]),
+        p50_ms=_percentile_ms(total["50%"]),
+        p95_ms=_percentile_ms(total["95%"]),
+        p99_ms=_percentile_ms(total["99%"]),
         cpu_s_per_1k=cpu / requests * 1000 if requests else float("nan"),
     )
