@@ -4,7 +4,8 @@ made-up results."""
 
 from __future__ import annotations
 
-import time
+import os
+import subprocess
 
 import psutil
 import pytest
@@ -39,31 +40,20 @@ def test_open_loop_at_a_low_rate_answers_every_request_on_schedule(server) -> No
     assert result.client_cpu_ms_per_request > 0
 
 
-class _StallingBodies(list):
-    """The bodies, but handing out body `at` stalls the client's thread (and so its event
-    loop) for `seconds`, as a garbage collection or a paused VM would."""
-
-    def __init__(self, bodies: list[bytes], at: int, seconds: float) -> None:
-        super().__init__(bodies)
-        self.at, self.seconds = at, seconds
-
-    def __getitem__(self, index):
-        if index == self.at:
-            time.sleep(self.seconds)
-        return super().__getitem__(index)
-
-
 @pytest.mark.slow
 def test_open_loop_latency_counts_from_the_due_time_when_the_client_stalls(server) -> None:
-    """No coordinated omission: the requests due while the client stalled (at the first one,
-    nothing in flight) are sent late, and their latency includes the wait; timed from the
-    actual sends they would look fine."""
-    bodies = _StallingBodies(BODIES, at=0, seconds=1.0)
-    result = open_loop(server.url, PATH, bodies, 20, 3, lambda: _server_cpu(server))
-    assert (result.ok, result.errors) == (60, {})
-    assert result.lag_p99_ms >= 900  # the first request was due when the stall began
-    assert result.p99_ms >= result.lag_p99_ms
-    assert result.p99_from_send_ms < result.p99_ms - 300
+    """No coordinated omission: the whole client process is stopped for a second (SIGSTOP, as
+    a paused VM or a long garbage collection would), the requests due meanwhile go out late,
+    and their latency includes the wait."""
+    stall = f"sleep 1; kill -STOP {os.getpid()}; sleep 1; kill -CONT {os.getpid()}"
+    stopper = subprocess.Popen(["sh", "-c", stall])
+    try:
+        result = open_loop(server.url, PATH, BODIES, 20, 4, lambda: _server_cpu(server))
+    finally:
+        stopper.wait(timeout=10)
+    assert (result.ok, result.errors) == (80, {})
+    assert result.lag_p99_ms >= 800  # ~20 requests were due while the client was stopped
+    assert result.p99_ms >= result.lag_p99_ms  # each one's latency includes its lag
     assert result.client_limited
 
 

@@ -9,7 +9,8 @@ behind shows it in the percentiles instead of hiding it (no coordinated omission
 Bounded: round(rate x seconds) requests at most, each with a timeout, at most `max_in_flight` at
 once (a request due while that many are in flight is not sent and counts as an error).
 
-The client is one asyncio loop with an aiohttp keep-alive pool, in the calling thread; its own
+The client is one asyncio loop with a pool of keep-alive connections (http_client.py: prepared
+requests, only the status read back), in the calling thread; its own
 CPU (`time.thread_time()` of that thread) and how late it sent each request are measured. A run
 where the client was busy most of the time or sent late is marked client-limited: its latencies
 are then the client's as much as the server's. Counted from the due times, they can only make
@@ -22,15 +23,17 @@ the server's, however late the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-import aiohttp
 import numpy as np
 
-JSON = {"Content-Type": "application/json"}
+from loadtests.bench.http_client import HttpError, Pool
+
 REQUEST_TIMEOUT_S = 5.0
 MAX_IN_FLIGHT = 256
 MAX_REQUESTS = 100_000
@@ -93,25 +96,31 @@ class OpenLoopResult:
         return not self.holds and self.client_limited and not server_failed
 
 
-async def _post(session: aiohttp.ClientSession, path: str, body: bytes) -> str:
+async def _post(pool: Pool, request: bytes) -> str:
     """The HTTP status, or what went wrong on the way."""
     try:
-        async with session.post(path, data=body, headers=JSON) as response:
-            await response.read()
-            return str(response.status)
+        return str(await pool.send(request))
     except TimeoutError:
         return "timeout"
-    except aiohttp.ClientError as error:
+    except (HttpError, OSError) as error:
         return f"transport: {type(error).__name__}"
 
 
-def _session(url: str, connections: int) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        url,
-        connector=aiohttp.TCPConnector(limit=connections),
-        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-        auto_decompress=False,
-    )
+@contextlib.asynccontextmanager
+async def _requests(
+    url: str, path: str, bodies: list[bytes]
+) -> AsyncIterator[tuple[Pool, list[bytes]]]:
+    """A connection pool to `url`, the requests of `bodies` (built once, before the clock
+    starts), warmed up with a few of them sent in turn; the pool is closed after."""
+    address = urlsplit(url)
+    pool = Pool(address.hostname or "127.0.0.1", address.port or 80, REQUEST_TIMEOUT_S)
+    requests = [pool.request(path, body) for body in bodies]
+    try:
+        for request in requests[:WARM_UP_REQUESTS]:
+            await _post(pool, request)
+        yield pool, requests
+    finally:
+        pool.close()
 
 
 @dataclass
@@ -123,13 +132,11 @@ class _Answers:
     in_flight: int = 0
 
 
-async def _timed(
-    session: aiohttp.ClientSession, path: str, body: bytes, due: float, out: _Answers
-) -> None:
+async def _timed(pool: Pool, request: bytes, due: float, out: _Answers) -> None:
     sent = time.perf_counter()
     out.in_flight += 1
     try:
-        answer = await _post(session, path, body)
+        answer = await _post(pool, request)
     finally:
         out.in_flight -= 1
     out.times.append((due, sent, time.perf_counter()))
@@ -141,9 +148,7 @@ async def _open_loop(
 ) -> tuple[_Answers, int, float, float, float]:
     """(answers, not sent, start, wall seconds, client CPU seconds) of one scheduled run."""
     out, not_sent, tasks = _Answers(), 0, []
-    async with _session(url, max_in_flight) as session:
-        for body in bodies[:WARM_UP_REQUESTS]:
-            await _post(session, path, body)
+    async with _requests(url, path, bodies) as (pool, requests):
         cpu_before = time.thread_time()
         start = time.perf_counter()
         for i in range(count):
@@ -153,8 +158,8 @@ async def _open_loop(
             if out.in_flight >= max_in_flight:
                 not_sent += 1
                 continue
-            body = bodies[i % len(bodies)]
-            tasks.append(asyncio.create_task(_timed(session, path, body, due, out)))
+            request = requests[i % len(requests)]
+            tasks.append(asyncio.create_task(_timed(pool, request, due, out)))
         await asyncio.gather(*tasks)  # each request has its own timeout
         wall = time.perf_counter() - start
         return out, not_sent, start, wall, time.thread_time() - cpu_before
@@ -198,7 +203,7 @@ def open_loop(
         p99_from_send_ms=_percentile_ms(from_send, 99),
         lag_p99_ms=_percentile_ms(lags, 99),
         client_cpu_share=client_cpu / wall,
-        client_cpu_ms_per_request=client_cpu / count * 1000,
+        client_cpu_ms_per_request=client_cpu / sent_count * 1000 if sent_count else float("nan"),
         server_cpu_ms_per_request=server_cpu_s / sent_count * 1000 if sent_count else float("nan"),
     )
 
@@ -219,13 +224,11 @@ async def _closed_loop(
     url: str, path: str, bodies: list[bytes], seconds: float
 ) -> tuple[list[float], int, float]:
     latencies, errors = [], 0
-    async with _session(url, 1) as session:
-        for body in bodies[:WARM_UP_REQUESTS]:
-            await _post(session, path, body)
+    async with _requests(url, path, bodies) as (pool, requests):
         start = time.perf_counter()
         end = start + seconds
         while (sent := time.perf_counter()) < end and len(latencies) < MAX_REQUESTS:
-            answer = await _post(session, path, bodies[len(latencies) % len(bodies)])
+            answer = await _post(pool, requests[len(latencies) % len(requests)])
             latencies.append(time.perf_counter() - sent)
             errors += answer != "200"
         return latencies, errors, time.perf_counter() - start
