@@ -92,7 +92,8 @@ def _open_loop_table(open_loop: list[dict[str, Any]], searches: list[dict[str, A
         "| server CPU ms / req | client CPU ms / req (busy) | client lag p99 ms | p99 <= 50 ms |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for r in sorted(open_loop, key=lambda r: (r["peer"], r["offered_rps"])):
+    order = list(dict.fromkeys(r["peer"] for r in open_loop))  # the servers' turns
+    for r in sorted(open_loop, key=lambda r: (order.index(r["peer"]), r["offered_rps"])):
         errors = ", ".join(f"{n} {answer}" for answer, n in r["errors"].items()) or "0"
         verdict = "yes" if r["holds"] else "undecided" if r["undecided"] else "no"
         if r["client_limited"]:
@@ -111,7 +112,7 @@ def _open_loop_table(open_loop: list[dict[str, Any]], searches: list[dict[str, A
         client = f"; {limited:.0f} req/s undecided (client late or busy)" if limited else ""
         lines.append(
             f"- {s['peer']}: highest rate with p99 <= 50 ms {s['highest_holding']:.0f} req/s"
-            f"{above}{client} ({s['runs']} search runs)"
+            f"{above}{client} (search runs: {s['runs']})"
         )
     return lines
 
