@@ -176,7 +176,7 @@ $(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/pip install --quiet --requirement loadtests/baselines/mlserver-requirements.txt
 	@touch $@
 
-# BENCH_ARGS="--quick": every step, short (a smoke test, ~3 min); "--peers tabserve flask-dev",
+# BENCH_ARGS="--quick": every step, short (a smoke test, ~5 min); "--peers tabserve flask-dev",
 # "--rates 10 50 100" ...; every option: .venv/bin/tabserve bench -h
 BENCH_ARGS ?=
 

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lone-seconds", type=float, default=5,
         help="time of one closed-loop user, fresh and right after the 32 users",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help=f"short runs: {QUICK}")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke test, overriding {QUICK}")
     args = parser.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
@@ -138,15 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         "peers": {peer.name: peer.description for peer in peers},
     }
     print(f"bench of {', '.join(p.name for p in peers)} on {model.tag} -> {out}", flush=True)
-    extras: dict[str, Any] = {"ceilings": [asdict(c) for c in ceilings(model)]}
+    extras: dict[str, Any] = {
+        "ceilings": [asdict(c) for c in ceilings(model)],
+        "lone": [],  # one closed-loop user: fresh, and right after the 32 users
+        "open_loop": [],  # every open-loop run, sweep and search
+        "searches": [],  # the highest rate with p99 <= 50 ms, per server
+    }
     runs: list[dict[str, Any]] = []
-    extras |= {"lone": [], "open_loop": [], "searches": []}
     for repeat in range(1, args.repeats + 1):
         last = repeat == args.repeats
         for peer in peers:
+            texts = peer.bodies()
             bodies = out / f"{peer.name}-bodies.json"
-            bodies.write_text(json.dumps(peer.bodies()))
-            raw_bodies = [body.encode() for body in peer.bodies()]
+            bodies.write_text(json.dumps(texts))
+            raw_bodies = [body.encode() for body in texts]
             with serve(peer, out / f"{peer.name}-{repeat}") as server:
                 if last:
                     extras["lone"].append(lone(server, raw_bodies, "fresh", args.lone_seconds))
