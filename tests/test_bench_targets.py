@@ -48,6 +48,7 @@ def _results(our_highest_rate: float = 1700) -> tuple[list[dict[str, Any]], dict
         "ceilings": [{"name": "xgboost inplace_predict", "single_row_per_s": 8600,
                       "batch_rows_per_s": 556_000}],
         "batch_rows_per_s": 300_000,
+        "batch_rows_per_s_grpc": 250_000,
         "open_loop": [
             _open("tabserve", 10, 1.2), _open("tabserve", 50, 1.4), _open("tabserve", 100, 0.9),
             _open("flask-dev", 10, 3.0), _open("flask-dev", 50, 2.0),
@@ -74,7 +75,7 @@ def test_every_target_is_listed_with_the_verdict_its_numbers_give() -> None:
         ("32 users: p99 <= 50 ms, no failures", "PASS"),
         ("highest open-loop rate with p99 <= 50 ms: >= 2x the best peer's", "PASS"),
         ("1000-row requests over V1: >= 50% of in-process rows/s", "PASS"),
-        ("1000-row requests over OIP gRPC: >= 50% of in-process rows/s", NOT_MEASURED),
+        ("1000-row requests over OIP gRPC: >= 50% of in-process rows/s", "**FAIL**"),  # 45%
         ("10,000-row requests over OIP binary: >= 70% of in-process rows/s", NOT_MEASURED),
         ("memory: summed PSS <= 500 MB with all models", "PASS"),
         ("ready <= 5 s after start", "PASS"),

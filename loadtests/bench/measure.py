@@ -91,6 +91,7 @@ class PeakMemory:
 class RunningServer:
     peer: Peer
     url: str
+    ports: Ports
     process: subprocess.Popen[bytes]
     ready_s: float
     memory: PeakMemory
@@ -129,7 +130,8 @@ def serve(peer: Peer, work: Path) -> Iterator[RunningServer]:
     try:
         wait_until_ready(process, url + peer.ready_path, work / "server.log", READY_TIMEOUT_S, 0.1)
         ready_s = time.monotonic() - started
-        yield RunningServer(peer, url, process, ready_s, PeakMemory(psutil.Process(process.pid)))
+        memory = PeakMemory(psutil.Process(process.pid))
+        yield RunningServer(peer, url, ports, process, ready_s, memory)
     finally:
         stop_process_group(process, timeout_s=20)
         log.close()

@@ -16,27 +16,35 @@ Not part of `make test`: it needs ~20 minutes of a quiet machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import bentoml
+import grpc
 import httpx
+
+# tritonclient's generated stubs, as the soak uses: the same `inference` messages as tabserve's.
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from loadtests.bench.inprocess import BATCH_ROWS, ceilings
 from loadtests.bench.measure import RunningServer, cpu_seconds, load, serve
 from loadtests.bench.openloop import OpenLoopResult, one_user, open_loop, search_highest_rate
 from loadtests.bench.peers import PROJECT, all_peers
 from loadtests.bench.report import markdown, plot, plot_open_loop
-from loadtests.payloads import instances, v1_body
+from loadtests.grpc_requests import infer_request
+from loadtests.payloads import complete_rows, instances, oip_inputs, v1_body
 from tabserve.training import XGBOOST_MODEL_FILE
 
 USER_COUNTS = (32, 1)
-# Sequential 1000-row requests timed against our server (the batch target).
+# Sequential 1000-row requests timed against our server over V1 and gRPC (the batch targets).
 BATCH_REQUESTS = 10
 # --quick: every step of the bench, short, for a smoke test of the whole pipeline.
 QUICK = {
@@ -49,16 +57,32 @@ QUICK = {
 }
 
 
-def batch_rows_per_s(server: RunningServer) -> float:
+def _rows_per_s(send: Callable[[], object]) -> float:
+    """Rows per second of BATCH_REQUESTS requests of BATCH_ROWS rows sent in turn, after one
+    for warm-up."""
+    send()
+    started = time.perf_counter()
+    for _ in range(BATCH_REQUESTS):
+        send()
+    return BATCH_REQUESTS * BATCH_ROWS / (time.perf_counter() - started)
+
+
+def batch_rows_per_s(server: RunningServer) -> dict[str, float]:
+    """Sequential 1000-row churn requests to our server, over V1 JSON and over OIP gRPC."""
     body = v1_body(instances("churn", BATCH_ROWS))
     url = server.url + server.peer.predict_path
     headers = {"Content-Type": "application/json"}
-    with httpx.Client(timeout=60) as client:
-        client.post(url, content=body, headers=headers).raise_for_status()  # warm-up
-        started = time.perf_counter()
-        for _ in range(BATCH_REQUESTS):
-            client.post(url, content=body, headers=headers).raise_for_status()
-        return BATCH_REQUESTS * BATCH_ROWS / (time.perf_counter() - started)
+    rows = list(itertools.islice(itertools.cycle(complete_rows("churn")), BATCH_ROWS))
+    message = infer_request(pb, "churn", oip_inputs("churn", rows))
+    grpc_target = f"127.0.0.1:{server.ports.extra[0]}"  # TABSERVE_GRPC_PORT, see measure.serve
+    with httpx.Client(timeout=60) as client, grpc.insecure_channel(grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return {
+            "batch_rows_per_s": _rows_per_s(
+                lambda: client.post(url, content=body, headers=headers).raise_for_status()
+            ),
+            "batch_rows_per_s_grpc": _rows_per_s(lambda: stub.ModelInfer(message, timeout=60)),
+        }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                     extras["open_loop"] += records
                     extras["searches"].append(search)
                 if peer.ours and last:
-                    extras["batch_rows_per_s"] = batch_rows_per_s(server)
+                    extras |= batch_rows_per_s(server)
                 server.memory.stop()
     context["load_after"] = os.getloadavg()
     ours = next(peer.name for peer in peers if peer.ours) if any(p.ours for p in peers) else ""
