@@ -29,6 +29,8 @@ from typing import Any
 import bentoml
 import grpc
 import httpx
+import numpy as np
+import tritonclient.http as triton_http
 
 # tritonclient's generated stubs, as the soak uses: the same `inference` messages as tabserve's.
 from tritonclient.grpc import service_pb2 as pb
@@ -44,8 +46,13 @@ from loadtests.payloads import complete_rows, instances, oip_inputs, v1_body
 from tabserve.training import XGBOOST_MODEL_FILE
 
 USER_COUNTS = (32, 1)
-# Sequential 1000-row requests timed against our server over V1 and gRPC (the batch targets).
+# Sequential large requests timed against our server (the batch targets): 1000 rows over V1 and
+# gRPC, 10,000 rows over OIP REST binary tensors.
 BATCH_REQUESTS = 10
+BIG_BATCH_ROWS = 10_000
+BIG_BATCH_REQUESTS = 5
+JSON = {"Content-Type": "application/json"}
+NUMPY_TYPES = {"INT64": np.int64, "FP64": np.float64, "BOOL": np.bool_, "FP32": np.float32}
 # --quick: every step of the bench, short, for a smoke test of the whole pipeline.
 QUICK = {
     "repeats": 1,
@@ -57,31 +64,61 @@ QUICK = {
 }
 
 
-def _rows_per_s(send: Callable[[], object]) -> float:
-    """Rows per second of BATCH_REQUESTS requests of BATCH_ROWS rows sent in turn, after one
-    for warm-up."""
+def _rows_per_s(send: Callable[[], object], rows: int, requests: int) -> float:
+    """Rows per second of `requests` requests of `rows` rows sent in turn, after one for
+    warm-up."""
     send()
     started = time.perf_counter()
-    for _ in range(BATCH_REQUESTS):
+    for _ in range(requests):
         send()
-    return BATCH_REQUESTS * BATCH_ROWS / (time.perf_counter() - started)
+    return requests * rows / (time.perf_counter() - started)
+
+
+def _churn_rows(count: int) -> list[dict[str, Any]]:
+    return list(itertools.islice(itertools.cycle(complete_rows("churn")), count))
+
+
+def _binary_tensors_body(rows: list[dict[str, Any]]) -> tuple[bytes, int]:
+    """An OIP REST body with every input as a binary tensor (the binary data extension, as
+    tritonclient sends it): (body, length of its JSON header)."""
+    inputs = []
+    for name, datatype, values in oip_inputs("churn", rows):
+        tensor = triton_http.InferInput(name, [len(values)], datatype)
+        tensor.set_data_from_numpy(np.array(values, dtype=NUMPY_TYPES[datatype]), binary_data=True)
+        inputs.append(tensor)
+    body, json_size = triton_http.InferenceServerClient.generate_request_body(inputs)
+    return body, json_size
 
 
 def batch_rows_per_s(server: RunningServer) -> dict[str, float]:
-    """Sequential 1000-row churn requests to our server, over V1 JSON and over OIP gRPC."""
-    body = v1_body(instances("churn", BATCH_ROWS))
-    url = server.url + server.peer.predict_path
-    headers = {"Content-Type": "application/json"}
-    rows = list(itertools.islice(itertools.cycle(complete_rows("churn")), BATCH_ROWS))
-    message = infer_request(pb, "churn", oip_inputs("churn", rows))
+    """Sequential large churn requests to our server: 1000 rows over V1 JSON and over OIP gRPC,
+    10,000 rows over OIP REST with binary tensors."""
+    v1 = v1_body(instances("churn", BATCH_ROWS))
+    message = infer_request(pb, "churn", oip_inputs("churn", _churn_rows(BATCH_ROWS)))
+    binary, json_size = _binary_tensors_body(_churn_rows(BIG_BATCH_ROWS))
+    # No Content-Type, as tritonclient sends it (tabserve answers 415 to application/octet-stream).
+    binary_headers = {"Inference-Header-Content-Length": str(json_size)}
     grpc_target = f"127.0.0.1:{server.ports.extra[0]}"  # TABSERVE_GRPC_PORT, see measure.serve
     with httpx.Client(timeout=60) as client, grpc.insecure_channel(grpc_target) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def post(path: str, body: bytes, headers: dict[str, str]) -> None:
+            response = client.post(server.url + path, content=body, headers=headers)
+            if response.is_error:  # say why: a bench that stops must name the refusal
+                raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
+
         return {
             "batch_rows_per_s": _rows_per_s(
-                lambda: client.post(url, content=body, headers=headers).raise_for_status()
+                lambda: post(server.peer.predict_path, v1, JSON), BATCH_ROWS, BATCH_REQUESTS
             ),
-            "batch_rows_per_s_grpc": _rows_per_s(lambda: stub.ModelInfer(message, timeout=60)),
+            "batch_rows_per_s_grpc": _rows_per_s(
+                lambda: stub.ModelInfer(message, timeout=60), BATCH_ROWS, BATCH_REQUESTS
+            ),
+            "big_batch_rows_per_s_oip": _rows_per_s(
+                lambda: post("/v2/models/churn/infer", binary, binary_headers),
+                BIG_BATCH_ROWS,
+                BIG_BATCH_REQUESTS,
+            ),
         }
 
 
