@@ -37,7 +37,8 @@ help: ## list the targets, and the main variables with their values
 	  LOADTEST_ARGS 'tabserve loadtest options (-h); after --, locust options' '$(or $(LOADTEST_ARGS),-)' \
 	  SOAK_DURATION 'seconds of make soak' '$(SOAK_DURATION)' \
 	  SOAK_RATE 'requests per second of make soak' '$(SOAK_RATE)' \
-	  SOAK_ARGS 'tabserve soak options (-h)' '$(or $(SOAK_ARGS),-)'
+	  SOAK_ARGS 'tabserve soak options (-h)' '$(or $(SOAK_ARGS),-)' \
+	  BENCH_ARGS 'tabserve bench options (-h); --quick: a short smoke run' '$(or $(BENCH_ARGS),-)'
 
 # The venv is rebuilt when the declared or pinned dependencies change: the runtime packages
 # first (all serve, train and batch need), then the dev extra on top for the rest.
@@ -175,9 +176,13 @@ $(MLSERVER_VENV)/.installed: loadtests/baselines/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/pip install --quiet --requirement loadtests/baselines/mlserver-requirements.txt
 	@touch $@
 
-bench: install $(MLSERVER_VENV)/.installed ## ~13 min: tabserve vs Flask, gunicorn, MLServer; reports/bench-<time>/
+# BENCH_ARGS="--quick": every step, short (a smoke test, ~5 min); "--peers tabserve flask-dev",
+# "--rates 10 50 100" ...; every option: .venv/bin/tabserve bench -h
+BENCH_ARGS ?=
+
+bench: install $(MLSERVER_VENV)/.installed ## ~20 min: tabserve vs Flask, gunicorn, MLServer, closed and open loop; reports/bench-<time>/
 	$(BIN)/tabserve train --if-missing
-	$(BIN)/tabserve bench
+	$(BIN)/tabserve bench $(BENCH_ARGS)
 
 # --- Soak test: a real server under open-loop mixed traffic for minutes (loadtests/README.md) -----
 .PHONY: soak

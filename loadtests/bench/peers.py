@@ -111,6 +111,9 @@ def all_peers(model_file: Path) -> list[Peer]:
                 "TABSERVE_API_WORKERS": "1",
                 "TABSERVE_RUNNER_WORKERS": "1",
                 "TABSERVE_MODEL_THREADS": "1",
+                # The 10,000-row target's requests (the default limit is 1000 rows); a limit
+                # only, it changes nothing for smaller requests.
+                "TABSERVE_MAX_INSTANCES": "10000",
             },
             ours=True,
         ),
