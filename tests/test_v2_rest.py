@@ -325,3 +325,22 @@ def test_tritonclient_sees_errors_as_exceptions_and_the_server_lives_on(
     assert raised.value.status() == "400"
     assert "missing required input(s): customer_value" in raised.value.message()
     assert client.is_server_ready()
+
+
+def test_binary_bodies_may_be_labelled_octet_stream(server) -> None:
+    """Triton's binary data extension documents its bodies as application/octet-stream: with the
+    Inference-Header-Content-Length header that label is accepted; without it, the body cannot
+    be binary tensors and the label is refused (415) as on every JSON route."""
+    widths = np.array([0.2, 1.8])
+    inputs = _iris_inputs(petal_width_cm={"data": None, "parameters": {"binary_data_size": 16}})
+    body, headers = _binary_request({"inputs": inputs}, widths.tobytes())
+    url = f"{server.url}/v2/models/iris/infer"
+    octet = {"Content-Type": "application/octet-stream"}
+    labelled = httpx.post(url, content=body, headers={**headers, **octet}, timeout=30)
+    unlabelled = httpx.post(url, content=body, headers=headers, timeout=30)
+    assert labelled.status_code == unlabelled.status_code == 200, labelled.text
+    assert labelled.json()["outputs"] == unlabelled.json()["outputs"]
+
+    refused = httpx.post(url, json={"inputs": _iris_inputs()}, headers=octet, timeout=30)
+    assert refused.status_code == 415
+    assert "application/json" in refused.json()["error"]

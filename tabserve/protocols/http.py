@@ -42,8 +42,11 @@ async def open_inference(request: Request) -> OpenInference:
     return request.app.state.open_inference
 
 
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
     return media_type in ("", "application/json") or media_type.endswith("+json")
 
 
@@ -54,12 +57,18 @@ def decimal(text: str) -> int | None:
 
 
 _DECIMAL = re.compile(r"[0-9]{1,18}")
+BINARY_MEDIA_TYPE = "application/octet-stream"
 
 
-async def read_json_body(request: Request) -> bytes:
-    """The raw body, refused early when it is not JSON or larger than the configured limit."""
+async def read_json_body(request: Request, binary_allowed: bool = False) -> bytes:
+    """The raw body, refused early when it is not JSON or larger than the configured limit.
+
+    `binary_allowed`: a JSON header followed by binary tensors (the Open Inference Protocol's
+    binary data extension), which clients may label `application/octet-stream` as Triton's
+    documentation does."""
     content_type = request.headers.get("content-type", "")
-    if not _is_json(content_type):
+    media_type = _media_type(content_type)
+    if not (_is_json(media_type) or (binary_allowed and media_type == BINARY_MEDIA_TYPE)):
         raise UnsupportedMediaType.at(
             "Content-Type",
             f"send the body as application/json, not {clip(content_type, FIELD_CHARS)!r}",

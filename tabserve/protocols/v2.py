@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tabserve.errors import ModelUnavailable, clip, field_path
 from tabserve.instances import parse_json, refusals_counted
-from tabserve.protocols.http import decimal, error_route, open_inference, read_json_body
+from tabserve.protocols.http import (
+    BINARY_MEDIA_TYPE,
+    decimal,
+    error_route,
+    open_inference,
+    read_json_body,
+)
 from tabserve.protocols.oip import OUTPUT_NAMES, InferenceRequest, InferenceResponse, OpenInference
 from tabserve.protocols.tensors import InvalidTensor, Tensor
 
@@ -128,9 +134,10 @@ async def infer(
     request: Request, protocol: OpenInferenceDep, model_name: str, version: str = ""
 ) -> Response:
     spec = protocol.plane.spec(model_name)  # an unknown model is a 404 before the body is read
-    body = await read_json_body(request)
+    header_length = request.headers.get(HEADER_LENGTH)
+    body = await read_json_body(request, binary_allowed=header_length is not None)
     with refusals_counted(spec.name):
-        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        header, binary = _split_body(body, header_length)
         parsed = _parse_header(header)
         inputs = _input_tensors(parsed.inputs, binary)
     answer = await protocol.infer(
@@ -248,6 +255,6 @@ def _response(answer: InferenceResponse, binary_outputs: set[str]) -> Response:
     encoded = JSONResponse(header).body
     return Response(
         bytes(encoded) + b"".join(blobs),
-        media_type="application/octet-stream",
+        media_type=BINARY_MEDIA_TYPE,
         headers={HEADER_LENGTH: str(len(encoded))},
     )
