@@ -41,6 +41,12 @@ def serve(argv: list[str]) -> NoReturn:
     os.execve(sys.executable, command, env)
 
 
+def program_name(module: str) -> str:
+    """A command's name in its usage lines: `tabserve <command>` when `main` below ran it, else
+    how a module is run (`python -m tabserve.batch`)."""
+    return sys.argv[0] if sys.argv[0].startswith("tabserve ") else f"python -m {module}"
+
+
 def main_of(module: str) -> Callable[[list[str]], int]:
     """The `main(argv) -> int` of a module, imported only when its command runs."""
     return lambda argv: importlib.import_module(module).main(argv)

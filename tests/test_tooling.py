@@ -194,18 +194,20 @@ def tabserve(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_commands() -> None:
     done = tabserve("--help")
     assert done.returncode == 0
-    for command in ("train", "serve", "batch", "loadtest", "soak", "bench"):
+    for command in ("train", "serve", "batch", "drift", "loadtest", "soak", "bench"):
         assert re.search(rf"^  {command} +\w", done.stdout, re.M), command
 
 
-@pytest.mark.parametrize("args", [["drift"], []], ids=["unknown", "none"])
+@pytest.mark.parametrize("args", [["no-such-command"], []], ids=["unknown", "none"])
 def test_an_unknown_or_missing_command_exits_2(args: list[str]) -> None:
     done = tabserve(*args)
     assert done.returncode == 2
     assert "usage: tabserve" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "serve", "loadtest", "soak", "bench"])
+@pytest.mark.parametrize(
+    "command", ["train", "serve", "batch", "drift", "loadtest", "soak", "bench"]
+)
 def test_each_command_shows_its_own_options(command: str) -> None:
     done = tabserve(command, "--help")
     assert done.returncode == 0, done.stderr

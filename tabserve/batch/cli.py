@@ -61,6 +61,7 @@ from tabserve.batch.formats import Table
 from tabserve.batch.scoring import Unusable
 from tabserve.batch.shards import STDIN, InputFile, Shard, Slice
 from tabserve.catalog import MODELS, ModelSpec
+from tabserve.cli import program_name
 from tabserve.inference import LoadedModel
 from tabserve.settings import get_settings
 
@@ -225,7 +226,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(
-        prog="python -m tabserve.batch",
+        prog=program_name("tabserve.batch"),
         description=doc[: doc.index("Exit codes:")],
         epilog=doc[doc.index("Exit codes:") :],
         formatter_class=_HelpFormatter,

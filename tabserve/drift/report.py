@@ -23,6 +23,7 @@ import numpy as np
 
 from tabserve.batch.scoring import chunks
 from tabserve.catalog import MODELS, ModelSpec
+from tabserve.cli import program_name
 from tabserve.drift.monitor import DriftWindow
 from tabserve.drift.reference import Binning, Reference
 from tabserve.errors import ServingError
@@ -179,7 +180,7 @@ def write_report(window: DriftWindow, tag: str, out: Path, threshold: float) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tabserve.drift",
+        prog=program_name("tabserve.drift"),
         description="Compare feature rows with a stored model's training distribution: the "
         "Population Stability Index of every feature and of the model's score. Exit status: "
         "0 no drift, 1 drift, 2 a bad file or argument.",
