@@ -71,10 +71,13 @@ serve: install-runtime ## train missing models, then serve on http://HOST:PORT (
 	$(BIN)/tabserve train --if-missing
 	$(BIN)/tabserve serve --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: install system-deps ## the whole test suite (what CI runs)
-	$(BIN)/python -m pytest
+test: install system-deps ## the default suite, ~11 min (CI then runs test-slow and e2e: .ci/run)
+	$(BIN)/python -m pytest -m "not slow" --durations=15
 
-test-fast: install ## the suite without the slow tests; needs no system package (those tests skip)
+test-slow: install system-deps ## the suites marked slow, ~6 min: image build, soak, fuzz, overload, faults
+	$(BIN)/python -m pytest -m slow --durations=15
+
+test-fast: install ## the default suite without installing Debian packages (tests needing them skip)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install ## ruff: lint and format check
