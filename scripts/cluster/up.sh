@@ -10,6 +10,16 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 t_start=$SECONDS
 [[ $(id -u) -eq 0 ]] || { echo "make cluster needs root (network, mounts, cgroups)" >&2; exit 1; }
+# The kubelet evicts at 5% free disk (config/kubelet.yaml), and its reclaim deletes the images
+# imported into containerd, which no registry can give back (the pause image first: then no pod
+# starts). Refuse to start without a margin above that.
+mkdir -p "$STATE"
+read -r disk_avail disk_size < <(df --output=avail,size -B1 "$STATE" | tail -1)
+if (( disk_avail * 100 < disk_size * 10 )); then
+  echo "make cluster needs 10% of the disk under $STATE free; $((disk_avail * 100 / disk_size))% is:" \
+    "free space first (old clones, build caches)" >&2
+  exit 1
+fi
 
 bash "$repo_root/scripts/install-system-packages.sh" "$here/system-packages.txt"
 bash "$here/pki.sh"
