@@ -152,7 +152,8 @@ EXPLANATION_DURATION = Histogram(
 )
 MODEL_INFO = Gauge(
     "tabserve_model_info",
-    "Always 1: the model a runner process loaded (tag, version, framework).",
+    "1 for each model version a runner process holds (tag, version, framework), 0 once it "
+    "was unloaded.",
     ("model", "version", "tag", "framework"),
     multiprocess_mode="livemax",
 )
@@ -160,6 +161,13 @@ MODEL_TRAINING_SCORE = Gauge(
     "tabserve_model_training_score",
     "Hold-out metric measured at training time, from the model's store metadata.",
     ("model", "version", "metric"),
+    multiprocess_mode="livemax",
+)
+MODEL_ALIAS = Gauge(
+    "tabserve_model_alias",
+    "1 for the version an alias names now, 0 for the versions it named before (a version's "
+    "other metrics carry `version`: join on it to see them by alias).",
+    ("model", "alias", "version"),
     multiprocess_mode="livemax",
 )
 MODEL_LOADED = Gauge(
@@ -314,3 +322,16 @@ def record_model_loaded(info: ModelInfo) -> None:
     for metric, value in info.metadata.get("metrics", {}).items():
         MODEL_TRAINING_SCORE.labels(info.name, version, metric).set(value)
     MODEL_LOADED.labels(info.name).set(1)
+
+
+def record_model_unloaded(info: ModelInfo) -> None:
+    version = version_of(info.tag)
+    MODEL_INFO.labels(info.name, version, info.tag, info.framework).set(0)
+
+
+def record_alias(model_name: str, alias: str, previous: str | None, version: str | None) -> None:
+    """An alias moved from `previous` to `version` (either None: it is new, or removed)."""
+    if previous is not None and previous != version:
+        MODEL_ALIAS.labels(model_name, alias, previous).set(0)
+    if version is not None:
+        MODEL_ALIAS.labels(model_name, alias, version).set(1)

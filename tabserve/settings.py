@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tabserve.catalog import MODELS
+
 ENV_PREFIX = "TABSERVE_"
 API_TOKEN_MIN_CHARS = 16
 # A token file is a few dozen bytes; reading at most this much keeps a path pointing at a log or
@@ -72,7 +74,32 @@ class Settings(BaseSettings):
     # --- model store ------------------------------------------------------------------------
     model_tags: dict[str, str] = Field(
         default_factory=dict,
-        description="Model name -> BentoML model tag. Unlisted models use '<name>:latest'.",
+        description="Model name -> BentoML model tag. Unlisted models use '<name>:latest'. "
+        "This version is the model's champion unless model_aliases names another.",
+    )
+    model_versions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Model name -> further BentoML tags to load beside the model_tags one, "
+        "each reachable on the versioned routes (`/v1/models/<m>/versions/<v>:predict`, "
+        "`/v2/models/<m>/versions/<v>/infer`, gRPC `model_version`) and packed into the bento.",
+    )
+    model_aliases: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='Model name -> {alias: version} at start, e.g. `{"churn": '
+        '{"challenger": "abc123"}}`. The unversioned routes follow `champion` (by default '
+        "the model_tags version). Aliases move at run time through the repository API.",
+    )
+    repository_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest a repository call (load, unload, alias) may take in the model "
+        "runner: a load reads and checks a model from the store.",
+    )
+    unload_grace_s: float = Field(
+        3.0,
+        ge=0,
+        description="An unloaded version stops taking new requests at once and is freed this "
+        "much later, so requests that API workers already routed to it still finish.",
     )
 
     # --- processes and threads ----------------------------------------------------------------
@@ -337,6 +364,18 @@ class Settings(BaseSettings):
         return {**values, "api_token": SecretStr(_token_from_file(str(path)))}
 
     @model_validator(mode="after")
+    def _versions_name_known_models(self) -> Settings:
+        """A misspelt model name would silently load nothing (or alias nothing)."""
+        for setting in ("model_tags", "model_versions", "model_aliases"):
+            unknown = sorted(set(getattr(self, setting)) - set(MODELS))
+            if unknown:
+                raise ValueError(
+                    f"{ENV_PREFIX}{setting.upper()}: unknown model(s) {', '.join(unknown)}; "
+                    f"the models are {', '.join(MODELS)}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _drift_min_rows_fit_the_window(self) -> Settings:
         """The window holds at least 3/4 of drift_window_rows once it moves: a larger minimum
         would export a PSI and then drop it again."""
@@ -357,6 +396,11 @@ class Settings(BaseSettings):
 
     def tag_for(self, model_name: str) -> str:
         return self.model_tags.get(model_name, f"{model_name}:latest")
+
+    def tags_for(self, model_name: str) -> list[str]:
+        """Every version to load for a model at start: its default tag first."""
+        extra = self.model_versions.get(model_name, [])
+        return [self.tag_for(model_name), *extra]
 
 
 def _token_from_file(path: str) -> str:

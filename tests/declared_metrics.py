@@ -19,6 +19,7 @@ TABSERVE = {
     "tabserve_inference_rows": ("histogram", {"model"}),
     "tabserve_explanation_duration_seconds": ("histogram", {"model"}),
     "tabserve_model_info": ("gauge", {"model", "version", "tag", "framework"}),
+    "tabserve_model_alias": ("gauge", {"model", "alias", "version"}),
     "tabserve_model_training_score": ("gauge", {"model", "version", "metric"}),
     "tabserve_model_loaded": ("gauge", {"model"}),
 }
