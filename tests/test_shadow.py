@@ -209,7 +209,9 @@ def test_a_full_queue_drops_at_once_and_stop_drops_what_waits() -> None:
     assert len(challenger.calls) == 1
 
 
-def test_failing_and_slow_shadows_are_dropped_by_reason_and_the_consumer_goes_on() -> None:
+def test_failing_and_slow_shadows_are_dropped_by_reason_and_the_consumer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     script: list[BaseException | float | None] = [
         ModelUnavailable("the model runner is overloaded; retry shortly"),
         ModelNotFound("no version of churn is aliased challenger"),
@@ -232,6 +234,13 @@ def test_failing_and_slow_shadows_are_dropped_by_reason_and_the_consumer_goes_on
     after = {reason: dropped("churn", reason) - before[reason] for reason in reasons}
     assert after == {"unavailable": 2, "error": 1, "timeout": 1}
     assert len(challenger.calls) == len(script)
+    # Logged when it starts failing and when it works again, not once per failed request.
+    logged = [record.getMessage() for record in caplog.records if record.name == "tabserve.shadow"]
+    assert logged == [
+        "shadow scoring fails (unavailable): model churn, target 'challenger': the model runner "
+        "is overloaded; retry shortly",
+        "shadow scoring works again",
+    ]
 
 
 def test_drop_reasons_of_shadowed_models_exist_from_the_start() -> None:
