@@ -465,6 +465,5 @@ def get_settings() -> Settings:
     except pydantic_settings.SettingsError as error:
         # A JSON setting (TABSERVE_MODEL_TAGS, TABSERVE_SHADOW) that is not JSON fails in
         # pydantic-settings, before validation: the same one-line message, not a traceback.
-        raise SystemExit(
-            f"tabserve cannot start, invalid settings:\n  {error}: {error.__cause__}"
-        ) from None
+        problem = f"{error}: {error.__cause__}" if error.__cause__ else str(error)
+        raise SystemExit(f"tabserve cannot start, invalid settings:\n  {problem}") from None
