@@ -11,7 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+import pydantic_settings
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tabserve.catalog import MODELS
@@ -21,6 +23,15 @@ API_TOKEN_MIN_CHARS = 16
 # A token file is a few dozen bytes; reading at most this much keeps a path pointing at a log or
 # a device (/dev/zero) from filling the memory at start-up.
 _TOKEN_FILE_MAX_BYTES = 4096
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class ShadowTarget:
+    """Where a share of one model's traffic is also scored (tabserve/shadow.py). Unknown keys are
+    refused: a misspelt "fraction" would otherwise leave shadow scoring silently off."""
+
+    target: str = Field(min_length=1)  # an alias ("challenger") or an exact version
+    fraction: float = Field(gt=0, le=1)  # of the model's requests, sampled per request
 
 
 class Settings(BaseSettings):
@@ -305,6 +316,23 @@ class Settings(BaseSettings):
         "moves.",
     )
 
+    # --- shadow scoring (tabserve/shadow.py) -----------------------------------------------------
+    shadow: dict[str, ShadowTarget] = Field(
+        default_factory=dict,
+        description='Model name -> {"target": alias or version, "fraction": share of its '
+        "requests in (0, 1]}: that share of the model's requests is also scored by the target "
+        "version after the answer is computed, off the request's path, and the two compared "
+        "(tabserve_shadow_* metrics). Unlisted models are not shadowed.",
+    )
+    shadow_queue_size: int = Field(
+        64,
+        ge=1,
+        description="Sampled requests waiting for their shadow call, per API worker; when full, "
+        "more are dropped (counted in tabserve_shadow_dropped_total), never waited for. One "
+        "shadow call runs at a time per worker, so this bounds the work and memory shadowing "
+        "can take.",
+    )
+
     # --- access ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
         None,
@@ -362,6 +390,16 @@ class Settings(BaseSettings):
                 "(the file, for a mounted Secret)"
             )
         return {**values, "api_token": SecretStr(_token_from_file(str(path)))}
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_models_exist(cls, shadow: dict[str, ShadowTarget]) -> dict[str, ShadowTarget]:
+        unknown = sorted(set(shadow) - set(MODELS))
+        if unknown:
+            raise ValueError(
+                f"{ENV_PREFIX}SHADOW names unknown models {unknown}; models: {', '.join(MODELS)}"
+            )
+        return shadow
 
     @model_validator(mode="after")
     def _versions_name_known_models(self) -> Settings:
@@ -466,3 +504,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         raise SettingsError(error) from None
+    except pydantic_settings.SettingsError as error:
+        # A JSON setting (TABSERVE_MODEL_TAGS, TABSERVE_SHADOW) that is not JSON fails in
+        # pydantic-settings, before validation: the same one-line message, not a traceback.
+        problem = f"{error}: {error.__cause__}" if error.__cause__ else str(error)
+        raise SystemExit(f"tabserve cannot start, invalid settings:\n  {problem}") from None

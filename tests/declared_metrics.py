@@ -37,6 +37,18 @@ DRIFT = {
     "tabserve_score_drift_psi": ("gauge", {"model", "version"}),
 }
 
+# Exposed only for the models Settings.shadow names (tabserve/shadow.py), once the API worker runs
+# its shadow scorer; the comparisons once a shadow call has answered.
+SHADOW = {
+    "tabserve_shadow_comparisons_total": (
+        "counter",
+        {"model", "version", "shadow_version", "outcome"},
+    ),
+    "tabserve_shadow_score_difference": ("histogram", {"model"}),
+    "tabserve_shadow_duration_seconds": ("histogram", {"model"}),
+    "tabserve_shadow_dropped_total": ("counter", {"model", "reason"}),
+}
+
 _BENTOML_REQUEST = {"endpoint", "service_name", "service_version", "runner_name"}
 BENTOML = {
     "bentoml_service_request_total": ("counter", _BENTOML_REQUEST | {"http_response_code"}),
@@ -82,7 +94,7 @@ def series_names(name: str, kind: str) -> set[str]:
 
 KNOWN_SERIES = {
     series
-    for declared in (TABSERVE, DRIFT, BENTOML)
+    for declared in (TABSERVE, DRIFT, SHADOW, BENTOML)
     for name, (kind, _) in declared.items()
     for series in series_names(name, kind)
 } | KUBERNETES

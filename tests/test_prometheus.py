@@ -109,12 +109,14 @@ def test_tables_query_the_present_and_lines_mark_the_objectives() -> None:
                 lines[panel["title"]] = [s["value"] for s in defaults["thresholds"]["steps"]]
     feature_drift = rules["alerts"]["TabserveFeatureDrift"]["threshold"]
     score_drift = rules["alerts"]["TabserveScoreDrift"]["threshold"]
+    agreement = rules["alerts"]["TabserveShadowDisagreement"]["threshold"]
     assert lines == {
         "Server error ratio by route": [None, budget],
         "Request latency p50 / p95 / p99": [None, latency],
         "p99 latency by route": [None, latency],
         "Feature drift (PSI) by feature": [None, feature_drift],
         "Score drift (PSI) by model": [None, score_drift],
+        "Shadow agreement by model": [None, agreement],
     }
 
 
