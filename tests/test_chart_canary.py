@@ -26,6 +26,8 @@ from tests.chart.manifests import (
     render,
     serving_container,
 )
+from tests.test_chart import SUPPORTED_KUBERNETES
+from tests.test_chart_extensions import _kubernetes_problems
 
 FLAGGER_API = "flagger.app/v1beta1"
 ARGO_API = "argoproj.io/v1alpha1"
@@ -175,6 +177,14 @@ def test_an_analysis_crd_the_cluster_lacks_fails_the_render(tool: str, api: str)
     values = {"canary": {"analysis": {tool: {"enabled": True}}}}
     with pytest.raises(helm_python.HelmError, match=re.escape(f"does not serve {api}")):
         render(values)
+
+
+@pytest.mark.parametrize("kube_version", SUPPORTED_KUBERNETES)
+@pytest.mark.parametrize("recipe", ["flagger-values", "argo-values"])
+def test_recipe_values_render_valid_objects(recipe: str, kube_version: str) -> None:
+    """Every object of the recipe's release against Kubernetes' schemas or its CRD's."""
+    objects = render(_recipe_values(recipe), CANARY_APIS)
+    assert _kubernetes_problems(objects, kube_version) == []
 
 
 # --- Flagger: the recipe's values and Canary against what Flagger makes of the chart ----------
