@@ -164,8 +164,8 @@ class ModelAPI:
     def __init__(self) -> None:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
         metrics.declare_shed_series()
-        self.payload_log = PayloadLog.from_settings(settings)  # None unless turned on
-        self.dataplane = DataPlane(self._model_calls(), settings, payload_log=self.payload_log)
+        payload_log = PayloadLog.from_settings(settings)  # None unless turned on
+        self.dataplane = DataPlane(self._model_calls(), settings, payload_log=payload_log)
         # One of each per worker, shared by every request: the HTTP routes find them in the
         # app's state, the gRPC server is given the protocol.
         self.open_inference = OpenInference(self.dataplane, settings)
@@ -211,15 +211,14 @@ class ModelAPI:
             await self.grpc_server.stop()
 
     @bentoml.on_startup
-    async def start_payload_log(self) -> None:
-        """The payload sinks of this worker (tabserve/payloads): a file thread, HTTP tasks."""
-        if self.payload_log is not None:
-            await self.payload_log.start()
+    async def start_dataplane(self) -> None:
+        """The data plane's background parts in this worker: payload sinks (tabserve/payloads),
+        the shadow scorer (tabserve/shadow.py)."""
+        await self.dataplane.start()
 
     @bentoml.on_shutdown
-    async def stop_payload_log(self) -> None:
-        if self.payload_log is not None:
-            await self.payload_log.stop()
+    async def stop_dataplane(self) -> None:
+        await self.dataplane.stop()
 
     async def __is_ready__(self) -> bool:
         """/readyz: ready while the runner answers, with every model of the catalog loaded."""

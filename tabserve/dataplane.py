@@ -36,6 +36,7 @@ from tabserve.payloads import PayloadLog
 from tabserve.runner_calls import MergedCalls, call_with_retries, within_deadline
 from tabserve.schemas import ModelInfo, RepositoryAnswer, Row
 from tabserve.settings import Settings
+from tabserve.shadow import ShadowScorer
 
 # How long a readiness answer is reused: probes, the gRPC health loop and clients all ask, and the
 # runner is asked at most once per interval per API worker.
@@ -129,10 +130,30 @@ class DataPlane:
         self._repository_timeout_s = settings.repository_timeout_s
         self._repository_refusal = _repository_refusal(settings)
         self._infos: dict[str, ModelVersions] | None = None
-        self._merged_calls: dict[str, MergedCalls] = {}
+        self._merged_calls: dict[tuple[str, bool], MergedCalls] = {}
         self._ready = False
         self._recheck_ready_at = 0.0
         self._drift = DriftMonitor(settings)
+        # None unless settings.shadow names a model: then a sample of its requests is also
+        # scored by a second version, after the answer (tabserve/shadow.py).
+        self._shadow = (
+            ShadowScorer(settings.shadow, settings.shadow_queue_size, self._shadow_score)
+            if settings.shadow
+            else None
+        )
+
+    async def start(self) -> None:
+        """The background parts of this worker: payload sinks, the shadow scorer."""
+        if self._payload_log is not None:
+            await self._payload_log.start()
+        if self._shadow is not None:
+            await self._shadow.start()
+
+    async def stop(self) -> None:
+        if self._shadow is not None:
+            await self._shadow.stop()
+        if self._payload_log is not None:
+            await self._payload_log.stop()
 
     # --- model registry ---------------------------------------------------------------------
     async def model_infos(self) -> dict[str, ModelVersions]:
@@ -192,21 +213,32 @@ class DataPlane:
     # --- prediction -------------------------------------------------------------------------
     async def predict(self, spec: ModelSpec, rows: list[Row], version: str = "") -> Predictions:
         """Validated rows (tabserve.instances) -> the probabilities of the model version the
-        request names (see `model_info`), resolved once, when the request is accepted."""
+        request names (see `model_info`), resolved once, when the request is accepted; counted
+        as served (metrics, drift, payload log) and offered to the shadow scorer."""
         info = await self.model_info(spec, version)
-        loaded = info.version
-        with runner_faults_unavailable(self._timeout_s):
-            probabilities = await self._runner_calls(spec.name).predict(
-                [(loaded, row) for row in rows]
-            )
-        self._check_still_loaded(spec, info, probabilities[0, 0])
-        best = probabilities.argmax(axis=1)
-        metrics.record_predictions(spec, info.tag, probabilities, best)
-        self._drift.observe(spec, info, rows, probabilities, best)
-        answer = Predictions(spec, info.tag, probabilities, best)
+        answer = await self._score(spec, info, rows)
+        metrics.record_predictions(spec, info.tag, answer.probabilities, answer.best)
+        self._drift.observe(spec, info, rows, answer.probabilities, answer.best)
         if self._payload_log is not None:
             self._payload_log.offer(answer, rows)
+        if self._shadow is not None:
+            self._shadow.offer(answer, rows)
         return answer
+
+    async def _shadow_score(self, spec: ModelSpec, target: str, rows: list[Row]) -> Predictions:
+        return await self._score(spec, await self.model_info(spec, target), rows, shadow=True)
+
+    async def _score(
+        self, spec: ModelSpec, info: ModelInfo, rows: list[Row], shadow: bool = False
+    ) -> Predictions:
+        """The rows scored by one loaded version, and nothing recorded: a prediction's own
+        scoring, and the shadow scorer's."""
+        with runner_faults_unavailable(self._timeout_s):
+            probabilities = await self._runner_calls(spec.name, shadow).predict(
+                [(info.version, row) for row in rows]
+            )
+        self._check_still_loaded(spec, info, probabilities[0, 0])
+        return Predictions(spec, info.tag, probabilities, probabilities.argmax(axis=1))
 
     async def explain(self, spec: ModelSpec, rows: list[Row], version: str = "") -> Explained:
         """Validated rows -> the model's probabilities and each row's contributions. Costly per
@@ -281,16 +313,20 @@ class DataPlane:
         await self._describe()
         return answer["version"], ModelVersions.from_described(answer["versions"])[model_name]
 
-    def _runner_calls(self, model_name: str) -> MergedCalls:
+    def _runner_calls(self, model_name: str, shadow: bool = False) -> MergedCalls:
+        """A model's merged runner calls. Shadow calls have their own: a request must never
+        wait for a shadow call holding the model's in-flight slots (p99 +22% at 50 req/s with
+        every request shadowed, when they shared them)."""
         # Made on first use: BentoML's client learns the runner's API names when it connects.
-        if model_name not in self._merged_calls:
-            self._merged_calls[model_name] = MergedCalls(
+        key = (model_name, shadow)
+        if key not in self._merged_calls:
+            self._merged_calls[key] = MergedCalls(
                 getattr(self._runner, runner_api_name(model_name)),
                 max_rows=self._max_rows,
                 max_in_flight=self._max_in_flight,
                 timeout_s=self._timeout_s,
             )
-        return self._merged_calls[model_name]
+        return self._merged_calls[key]
 
 
 def _repository_refusal(settings: Settings) -> str:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bentoml
 import httpx
 import numpy as np
 import pytest
@@ -29,46 +26,16 @@ from tabpy.tabpy_tools.client import Client
 from tritonclient.utils import InferenceServerException
 
 from tabserve.catalog import MODELS
-from tabserve.inference import LoadedModel
 from tabserve.loaded_models import LoadedModels
 from tests.data import instances
+from tests.model_versions import VersionStore
 from tests.server import PROJECT, ServerProcess
+from tests.test_metrics import scrape, total
 
 TOKEN = "versions-test-token-0123456789"
 # tritonclient.http adds its own headers to the dict it is given: each call gets a copy.
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 ROWS = instances("churn", 200, seed=3)
-
-
-@dataclass(frozen=True)
-class VersionStore:
-    path: Path  # a BentoML model store
-    first: str  # churn's session version (fast-trained)
-    second: str  # churn trained again, in full
-
-    def expected(self, version: str, rows: list[dict[str, Any]]) -> np.ndarray:
-        spec = MODELS["churn"]
-        stored = ModelStore(self.path).get(f"churn:{version}")
-        model = LoadedModel(spec, stored, threads=1)
-        return model.predict_proba([tuple(row.get(f) for f in spec.feature_names) for row in rows])
-
-
-@pytest.fixture(scope="module")
-def version_store(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> VersionStore:
-    home = tmp_path_factory.mktemp("versions-home")
-    shutil.copytree(trained_store / "models", home / "models")
-    first = bentoml.models.get("churn:latest").tag.version
-    subprocess.run(
-        [sys.executable, "train.py", "--only", "churn"],
-        cwd=PROJECT,
-        env={**os.environ, "BENTOML_HOME": str(home)},
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    second = ModelStore(home / "models").get("churn:latest").tag.version
-    assert second != first
-    return VersionStore(home / "models", first, second)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +45,8 @@ def two_versions(
     """churn's first version as champion, the second loaded beside it as challenger."""
     log = tmp_path_factory.mktemp("versions-server") / "bentoml-serve.log"
     env = {
+        **version_store.settings(),
         "TABSERVE_API_TOKEN": TOKEN,
-        "TABSERVE_MODEL_TAGS": json.dumps({"churn": f"churn:{version_store.first}"}),
-        "TABSERVE_MODEL_VERSIONS": json.dumps({"churn": [f"churn:{version_store.second}"]}),
-        "TABSERVE_MODEL_ALIASES": json.dumps({"churn": {"challenger": version_store.second}}),
         "TABSERVE_UNLOAD_GRACE_S": "1",
     }
     with ServerProcess.start(log, env, store=version_store.path) as server:
@@ -252,6 +217,47 @@ def test_tabpy_stays_on_the_champion(
     assert answer["tag"] == f"churn:{version_store.first}"
     expected = version_store.expected(version_store.first, rows).argmax(axis=1)
     assert answer["response"] == [spec.class_names[i] for i in expected]
+
+
+# --- shadow scoring -------------------------------------------------------------------------------
+def _shadowed_rows(server: ServerProcess) -> float:
+    return total(scrape(server), "tabserve_shadow_comparisons_total", model="churn")
+
+
+def test_shadow_scoring_compares_the_challenger_row_by_row(
+    two_versions: ServerProcess, version_store: VersionStore
+) -> None:
+    first, second = version_store.first, version_store.second
+    before = scrape(two_versions)
+    answer = v1_predict(two_versions, "churn", ROWS)
+    assert answer.json()["model"] == f"churn:{first}"  # the primary answered, as always
+    deadline = time.monotonic() + 30
+    while _shadowed_rows(two_versions) < total(
+        before, "tabserve_shadow_comparisons_total", model="churn"
+    ) + len(ROWS):
+        assert time.monotonic() < deadline, "the shadow comparison never came"
+        time.sleep(0.2)
+    after = scrape(two_versions)
+
+    def grown(name: str, **labels: str) -> float:
+        return total(after, name, model="churn", **labels) - total(
+            before, name, model="churn", **labels
+        )
+
+    primary = version_store.expected(first, ROWS)
+    shadow = version_store.expected(second, ROWS)
+    disagreeing = int((primary.argmax(axis=1) != shadow.argmax(axis=1)).sum())
+    pair = {"version": first, "shadow_version": second}
+    assert grown("tabserve_shadow_comparisons_total", outcome="disagree", **pair) == disagreeing
+    assert grown("tabserve_shadow_comparisons_total", outcome="agree", **pair) == (
+        len(ROWS) - disagreeing
+    )
+    churned = MODELS["churn"].class_names.index("churned")
+    difference = np.abs(primary[:, churned] - shadow[:, churned]).sum()
+    assert grown("tabserve_shadow_score_difference_count") == len(ROWS)
+    assert grown("tabserve_shadow_score_difference_sum") == pytest.approx(difference, abs=1e-4)
+    assert grown("tabserve_shadow_duration_seconds_count") == 1
+    assert grown("tabserve_shadow_dropped_total") == 0
 
 
 # --- the repository API ---------------------------------------------------------------------------
@@ -455,3 +461,48 @@ def _champion_at(moment: float, moves: list[tuple[float, str]], initial: str) ->
         if moment >= at:
             champion = after
     return champion
+
+
+@pytest.mark.slow
+def test_print_primary_latency_with_shadow_on_and_off(
+    two_versions: ServerProcess, version_store: VersionStore, tmp_path: Path
+) -> None:
+    """Shadow scoring must not slow the primary answer: single-row churn requests paced at
+    50/s on one connection, against a server without shadow scoring, one shadowing a quarter
+    of the requests and this one (every request), alternated over three rounds. Printed for
+    the record, not asserted: the machine is shared."""
+    base = {k: v for k, v in version_store.settings().items() if k != "TABSERVE_SHADOW"}
+    base |= {"TABSERVE_API_TOKEN": TOKEN}
+    quarter = json.dumps({"churn": {"target": "challenger", "fraction": 0.25}})
+    with (
+        ServerProcess.start(tmp_path / "off.log", base, store=version_store.path) as off,
+        ServerProcess.start(
+            tmp_path / "quarter.log", base | {"TABSERVE_SHADOW": quarter}, store=version_store.path
+        ) as some,
+    ):
+        servers = {"shadow off": off, "shadow 25%": some, "shadow 100%": two_versions}
+        rounds: dict[str, list[tuple[float, float]]] = {label: [] for label in servers}
+        for _ in range(3):
+            for label, server in servers.items():
+                rounds[label].append(_paced_latencies(server, requests=400, rate=50))
+    off_p99 = np.median([p99 for _, p99 in rounds["shadow off"]])
+    for label, measured in rounds.items():
+        shown = ", ".join(f"p50 {p50:.2f} / p99 {p99:.2f} ms" for p50, p99 in measured)
+        ratio = np.median([p99 for _, p99 in measured]) / off_p99
+        print(f"{label}: {shown}; median p99 / shadow off's: {ratio:.2f} (target <= 1.10)")
+
+
+def _paced_latencies(server: ServerProcess, requests: int, rate: float) -> tuple[float, float]:
+    """p50 and p99 (ms) of `requests` single-row predictions sent at `rate` per second."""
+    body = {"instances": ROWS[:1]}
+    latencies = []
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+        started = time.perf_counter()
+        for index in range(requests):
+            time.sleep(max(0.0, started + index / rate - time.perf_counter()))
+            sent = time.perf_counter()
+            answer = client.post("/v1/models/churn:predict", json=body)
+            latencies.append((time.perf_counter() - sent) * 1000)
+            assert answer.status_code == 200, answer.text
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return float(p50), float(p99)
