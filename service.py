@@ -4,9 +4,11 @@
                  It calls the runner through `bentoml.depends`; in inline mode
                  (TABSERVE_INLINE_MODELS, tabserve/inline.py) it holds the models itself and
                  no runner process runs.
-    ModelRunner  the runner: loads every model of the catalog from the model store and serves
-                 one batched predict API per model, so BentoML's adaptive batching merges
-                 concurrent requests for the same model into one model call.
+    ModelRunner  the runner: loads every model of the catalog from the model store (each in the
+                 versions configured, tabserve/loaded_models.py) and serves one batched
+                 predict API per model, so BentoML's adaptive batching merges concurrent
+                 requests for the same model into one model call; and the repository calls
+                 (load, unload, alias) that change its versions while it serves.
 
 Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: tabserve/settings.py.
 """
@@ -32,7 +34,7 @@ from tabserve.payloads import PayloadLog
 from tabserve.protocols.http import serve_with
 from tabserve.protocols.oip import OpenInference
 from tabserve.request_context import RequestContextMiddleware
-from tabserve.schemas import Row
+from tabserve.schemas import RepositoryAnswer, Row, VersionedRow
 from tabserve.security_headers import SecurityHeadersMiddleware
 from tabserve.settings import get_settings
 
@@ -43,8 +45,8 @@ if TYPE_CHECKING:
 settings = get_settings()
 
 
-def _model_attribute(model_name: str) -> str:
-    return f"{model_name}_model"
+def _model_attribute(model_name: str, index: int) -> str:
+    return f"{model_name}_model" if index == 0 else f"{model_name}_model_{index}"
 
 
 class ModelRunner:
@@ -55,28 +57,47 @@ class ModelRunner:
     def __init__(self) -> None:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.RUNNER_REPLACEMENTS)
         bentoml_runtime.stop_later_on_sigterm(settings.shutdown_drain_s)
-        self.models = _load_models(self)
+        self.models = _load_models()
         bentoml_runtime.freeze_startup_objects()
 
     @bentoml.api
     def describe(self) -> list[dict]:
-        """The loaded models: name, resolved tag, framework, metadata."""
+        """The loaded model versions: name, resolved tag, framework, metadata, aliases."""
         return self.models.describe()
 
+    # The repository (tabserve/protocols/repository.py): not batched, run in BentoML's thread
+    # pool, so a load of several seconds never holds up the predictions.
+    @bentoml.api
+    def load_version(self, model_name: str, version: str) -> RepositoryAnswer:
+        return self.models.load(model_name, version)
 
-def _load_models(service: object) -> LoadedModels:
-    """Every model of the catalog, from the service's references to the model store."""
+    @bentoml.api
+    def unload_version(self, model_name: str, version: str) -> RepositoryAnswer:
+        return self.models.unload(model_name, version)
+
+    @bentoml.api
+    def set_alias(self, model_name: str, alias: str, version: str | None) -> RepositoryAnswer:
+        return self.models.set_alias(model_name, alias, version)
+
+
+def _load_models() -> LoadedModels:
+    """Every model of the catalog in its configured versions, from the model store (the bento's
+    own, once built: it packs the versions `_declare_models` declares)."""
     # Imported here, in a process that holds models only: the ML libraries cost ~155 MB in every
     # process that imports them, and the arbiter (and API workers, unless inline) never touch one.
     from tabserve.loaded_models import LoadedModels
 
     return LoadedModels(
-        MODELS, lambda name: getattr(service, _model_attribute(name)), settings.model_threads
+        MODELS,
+        settings.tags_for,
+        settings.model_aliases,
+        threads=settings.model_threads,
+        unload_grace_s=settings.unload_grace_s,
     )
 
 
 def _batched_predict(model_name: str) -> bentoml.api:
-    def predict(self: ModelRunner, rows: list[Row]) -> bentoml_runtime.JsonArray:
+    def predict(self: ModelRunner, rows: list[VersionedRow]) -> bentoml_runtime.JsonArray:
         return self.models.predict_proba(model_name, rows)
 
     predict.__name__ = runner_api_name(model_name)
@@ -91,20 +112,20 @@ def _explainer(model_name: str) -> bentoml.api:
     # Not batched: explanations are rare, capped at explain_max_rows and cost far more per row
     # than a prediction, so merging them with others saves little and would make the
     # predictions of a batch wait for them.
-    def explain(self: ModelRunner, rows: list[Row]) -> dict:
-        return self.models.explain(model_name, rows)
+    def explain(self: ModelRunner, rows: list[Row], version: str) -> dict:
+        return self.models.explain(model_name, version, rows)
 
     explain.__name__ = explainer_api_name(model_name)
     return bentoml.api(explain)
 
 
 def _declare_models(service_class: type) -> None:
-    """The catalog decides which models exist: one model store reference per model. The bento
-    packs the models its services declare; the API declares them too, for inline mode."""
+    """The catalog decides which models exist: one model store reference per model and
+    configured version. The bento packs the models its services declare; the API declares them
+    too, for inline mode."""
     for name in MODELS:
-        setattr(
-            service_class, _model_attribute(name), bentoml.models.BentoModel(settings.tag_for(name))
-        )
+        for index, tag in enumerate(settings.tags_for(name)):
+            setattr(service_class, _model_attribute(name, index), bentoml.models.BentoModel(tag))
 
 
 _declare_models(ModelRunner)
@@ -143,8 +164,8 @@ class ModelAPI:
     def __init__(self) -> None:
         bentoml_runtime.check_replacements_in_effect(bentoml_runtime.API_REPLACEMENTS)
         metrics.declare_shed_series()
-        self.payload_log = PayloadLog.from_settings(settings)  # None unless turned on
-        self.dataplane = DataPlane(self._model_calls(), settings, payload_log=self.payload_log)
+        payload_log = PayloadLog.from_settings(settings)  # None unless turned on
+        self.dataplane = DataPlane(self._model_calls(), settings, payload_log=payload_log)
         # One of each per worker, shared by every request: the HTTP routes find them in the
         # app's state, the gRPC server is given the protocol.
         self.open_inference = OpenInference(self.dataplane, settings)
@@ -158,7 +179,7 @@ class ModelAPI:
         if settings.inline_models:
             from tabserve.inline import InlineRunner
 
-            return InlineRunner(_load_models(self), settings.runner_calls_in_flight)
+            return InlineRunner(_load_models(), settings.runner_calls_in_flight)
         # The runner's APIs are synchronous functions; `to_async` gives awaitable calls to them.
         return self.runner.to_async
 
@@ -190,15 +211,14 @@ class ModelAPI:
             await self.grpc_server.stop()
 
     @bentoml.on_startup
-    async def start_payload_log(self) -> None:
-        """The payload sinks of this worker (tabserve/payloads): a file thread, HTTP tasks."""
-        if self.payload_log is not None:
-            await self.payload_log.start()
+    async def start_dataplane(self) -> None:
+        """The data plane's background parts in this worker: payload sinks (tabserve/payloads),
+        the shadow scorer (tabserve/shadow.py)."""
+        await self.dataplane.start()
 
     @bentoml.on_shutdown
-    async def stop_payload_log(self) -> None:
-        if self.payload_log is not None:
-            await self.payload_log.stop()
+    async def stop_dataplane(self) -> None:
+        await self.dataplane.stop()
 
     async def __is_ready__(self) -> bool:
         """/readyz: ready while the runner answers, with every model of the catalog loaded."""

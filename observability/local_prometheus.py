@@ -17,7 +17,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,14 @@ TARGET_LABELS = {"namespace": "ml-serving", "service": "tabserve"}
 READY_TIMEOUT_S = 30
 
 
-def scrape_config(targets: Sequence[str], interval_s: float, rule_files: Sequence[Path]) -> str:
-    """Prometheus configuration (JSON is valid YAML): every target scraped at `/metrics`."""
+def scrape_config(
+    targets: Sequence[str],
+    interval_s: float,
+    rule_files: Sequence[Path],
+    target_labels: Sequence[Mapping[str, str]] = (TARGET_LABELS,),
+) -> str:
+    """Prometheus configuration (JSON is valid YAML): every target scraped at `/metrics`, once
+    per set of target labels (a test can stand one server in for several pods)."""
     interval = f"{int(interval_s * 1000)}ms"
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -42,7 +48,9 @@ def scrape_config(targets: Sequence[str], interval_s: float, rule_files: Sequenc
             {
                 "job_name": "tabserve",
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": list(targets), "labels": TARGET_LABELS}],
+                "static_configs": [
+                    {"targets": list(targets), "labels": dict(labels)} for labels in target_labels
+                ],
             }
         ],
     }
@@ -64,12 +72,13 @@ class Prometheus:
         interval_s: float = 1.0,
         port: int | None = None,
         rule_files: Sequence[Path] = (ALERT_RULES,),
+        target_labels: Sequence[Mapping[str, str]] = (TARGET_LABELS,),
     ) -> Iterator[Prometheus]:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: run `make system-deps`")
         config = workdir / "prometheus.yml"
-        config.write_text(scrape_config(targets, interval_s, rule_files))
+        config.write_text(scrape_config(targets, interval_s, rule_files, target_labels))
         port = port or free_port()
         log = workdir / "prometheus.log"
         with log.open("wb") as sink:

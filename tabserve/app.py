@@ -18,7 +18,7 @@ from tabserve.auth import BearerTokenMiddleware
 from tabserve.catalog import MODELS
 from tabserve.errors import InvalidInput, ServingError
 from tabserve.http_metrics import RestMetricsMiddleware
-from tabserve.protocols import tabpy, v1, v2
+from tabserve.protocols import repository, tabpy, v1, v2
 from tabserve.protocols.http import error_response
 from tabserve.runner_calls import CallerHungUp
 from tabserve.schemas import ErrorResponse, request_model
@@ -101,6 +101,7 @@ def create_app() -> FastAPI:
     app.include_router(v1.router)
     app.include_router(tabpy.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     mount_pages(app)
     app.add_middleware(BearerTokenMiddleware)  # no-op unless a token is configured
     app.add_exception_handler(ServingError, _serving_error)

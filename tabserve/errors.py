@@ -139,6 +139,30 @@ class ModelUnavailable(ServingError):
     headers: ClassVar[Mapping[str, str]] = {"Retry-After": "1"}
 
 
+class RepositoryConflict(ServingError):
+    """A repository call that the models' present state forbids (unloading an aliased version,
+    removing `champion`, a pod running several model processes)."""
+
+    status = HTTPStatus.CONFLICT
+
+
+class RepositoryLocked(ServingError):
+    """A repository call on a service without an API token: changing what a service serves
+    needs to know who asks."""
+
+    status = HTTPStatus.FORBIDDEN
+
+
+def repository_refusal(status: int, message: str) -> ServingError:
+    """The error for a refusal the process holding the models answered (loaded_models.py)."""
+    kinds: dict[int, type[ServingError]] = {
+        HTTPStatus.NOT_FOUND: ModelNotFound,
+        HTTPStatus.CONFLICT: RepositoryConflict,
+        HTTPStatus.UNPROCESSABLE_ENTITY: InvalidInput,
+    }
+    return kinds.get(status, RepositoryConflict)(message)
+
+
 def field_path(location: Sequence[Any]) -> str:
     """('instances', 0, 'age') -> 'instances[0].age'; an empty location is the whole body."""
     path = ""

@@ -7,8 +7,8 @@ plus the models), and the runner's adaptive batching across API workers; an API 
 merges its own concurrent requests per model (tabserve/runner_calls.py).
 
 `InlineRunner` offers the calls the runner service's client offers (`describe`, one
-`predict_<model>` and one `explain_<model>` per model, all awaitable), so the DataPlane does not
-know where models run.
+`predict_<model>` and one `explain_<model>` per model, the repository calls, all awaitable), so
+the DataPlane does not know where models run.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from tabserve.dataplane import explainer_api_name, runner_api_name
 from tabserve.loaded_models import LoadedModels
-from tabserve.schemas import Row
-
-T = TypeVar("T")
+from tabserve.schemas import RepositoryAnswer
 
 
 class InlineRunner:
@@ -35,15 +33,31 @@ class InlineRunner:
         self._executor = ThreadPoolExecutor(
             len(models.loaded) * calls_in_flight, thread_name_prefix="inline-model"
         )
+        # A repository call (a load takes seconds) has its own thread: predictions never wait.
+        self._repository = ThreadPoolExecutor(1, thread_name_prefix="inline-repository")
         for name in models.loaded:
             setattr(self, runner_api_name(name), partial(self._call, models.predict_proba, name))
-            setattr(self, explainer_api_name(name), partial(self._call, models.explain, name))
+            setattr(self, explainer_api_name(name), partial(self._explain, name))
 
     async def describe(self) -> list[dict[str, Any]]:
         return self._models.describe()
 
-    async def _call(
-        self, method: Callable[[str, list[Row]], T], model_name: str, rows: list[Row]
-    ) -> T:
+    async def load_version(self, model_name: str, version: str) -> RepositoryAnswer:
+        return await self._change(self._models.load, model_name, version)
+
+    async def unload_version(self, model_name: str, version: str) -> RepositoryAnswer:
+        return await self._change(self._models.unload, model_name, version)
+
+    async def set_alias(self, model_name: str, alias: str, version: str | None) -> RepositoryAnswer:
+        return await self._change(self._models.set_alias, model_name, alias, version)
+
+    async def _explain(self, model_name: str, rows: list[Any], version: str) -> dict[str, Any]:
+        return await self._call(self._models.explain, model_name, version, rows)
+
+    async def _call(self, method: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, method, model_name, rows)
+        return await loop.run_in_executor(self._executor, method, *args)
+
+    async def _change(self, method: Callable[..., RepositoryAnswer], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._repository, method, *args)

@@ -25,6 +25,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.schemas import ModelInfo
 
+if typing.TYPE_CHECKING:
+    from tabserve.dataplane import Predictions  # which records its metrics here
+
 Protocol = Literal["rest", "grpc"]
 
 # A label value no request can produce: paths start with "/", model names are identifiers.
@@ -37,6 +40,8 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Predictions are probabilities: 20 equal bins show a drifting distribution without many series.
 _SCORE_BUCKETS = tuple(round(step / 20, 2) for step in range(1, 21))
+# |score difference| of two versions on a row: fine near 0, where versions that agree sit.
+_SCORE_DIFFERENCE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 # Rows per model call: powers of two up to the largest batch (Settings.batch_max_size, 1000).
 _ROW_BUCKETS = tuple(2.0**power for power in range(11))
 
@@ -128,6 +133,37 @@ SCORE_DRIFT_PSI = Gauge(
     multiprocess_mode="livemax",
 )
 
+# --- shadow scoring (API service; tabserve/shadow.py) -------------------------------------------
+# A sample of a model's requests is also scored by a second version after the answer is computed;
+# these compare the two. Names fixed: the canary analysis templates query them.
+SHADOW_DROP_REASONS = ("queue_full", "error", "timeout", "unavailable", "same_version", "stopped")
+SHADOW_COMPARISONS = Counter(
+    "tabserve_shadow_comparisons_total",
+    "Rows scored by both a model's answering version and its shadow version, by whether their "
+    "predicted classes agree (outcome: agree, disagree).",
+    ("model", "version", "shadow_version", "outcome"),
+)
+SHADOW_SCORE_DIFFERENCE = Histogram(
+    "tabserve_shadow_score_difference",
+    "Per shadowed row, |shadow score - answered score|; the score as in "
+    "tabserve_prediction_score (a multi-class shadow: its probability of the answered class).",
+    ("model",),
+    buckets=_SCORE_DIFFERENCE_BUCKETS,
+)
+SHADOW_DURATION = Histogram(
+    "tabserve_shadow_duration_seconds",
+    "Time of one completed shadow call (a sampled request's rows scored by the shadow version).",
+    ("model",),
+    buckets=_LATENCY_BUCKETS_S,
+)
+SHADOW_DROPPED = Counter(
+    "tabserve_shadow_dropped_total",
+    "Sampled rows not compared, by reason: queue_full (the API worker's shadow queue), error, "
+    "timeout, unavailable (the shadow call failed), same_version (the shadow target is the "
+    "version that answered), stopped (queued at shutdown).",
+    ("model", "reason"),
+)
+
 # --- model runner -------------------------------------------------------------------------------
 INFERENCE_DURATION = Histogram(
     "tabserve_inference_duration_seconds",
@@ -152,7 +188,8 @@ EXPLANATION_DURATION = Histogram(
 )
 MODEL_INFO = Gauge(
     "tabserve_model_info",
-    "Always 1: the model a runner process loaded (tag, version, framework).",
+    "1 for each model version a runner process holds (tag, version, framework), 0 once it "
+    "was unloaded.",
     ("model", "version", "tag", "framework"),
     multiprocess_mode="livemax",
 )
@@ -160,6 +197,13 @@ MODEL_TRAINING_SCORE = Gauge(
     "tabserve_model_training_score",
     "Hold-out metric measured at training time, from the model's store metadata.",
     ("model", "version", "metric"),
+    multiprocess_mode="livemax",
+)
+MODEL_ALIAS = Gauge(
+    "tabserve_model_alias",
+    "1 for the version an alias names now, 0 for the versions it named before (a version's "
+    "other metrics carry `version`: join on it to see them by alias).",
+    ("model", "alias", "version"),
     multiprocess_mode="livemax",
 )
 MODEL_LOADED = Gauge(
@@ -229,11 +273,16 @@ def record_predictions(
     for index, count in enumerate(np.bincount(best, minlength=len(spec.class_names))):
         if count:
             PREDICTIONS.labels(spec.name, version, spec.class_names[index]).inc(int(count))
+    observe_all(PREDICTION_SCORE.labels(spec.name), prediction_scores(spec, probabilities, best))
+
+
+def prediction_scores(spec: ModelSpec, probabilities: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Each row's score: the positive class's probability for binary models, else the
+    probability of the class `best` names (the row's predicted class, or another model's: shadow
+    scoring compares two versions' probabilities of the same class)."""
     if spec.positive_class is None:
-        scores = probabilities.max(axis=1)
-    else:
-        scores = probabilities[:, spec.class_names.index(spec.positive_class)]
-    observe_all(PREDICTION_SCORE.labels(spec.name), scores)
+        return np.take_along_axis(probabilities, best[:, np.newaxis], axis=1)[:, 0]
+    return probabilities[:, spec.class_names.index(spec.positive_class)]
 
 
 def observe_all(histogram: Histogram, values: np.ndarray) -> None:
@@ -280,6 +329,35 @@ def record_drift(
         FEATURE_DRIFT_PSI.labels(model_name, version, feature).set(value)
 
 
+# --- recording: shadow scoring -------------------------------------------------------------------
+def declare_shadow_series(model_names: Iterable[str]) -> None:
+    """Drops are rare: each shadowed model's reasons from 0, as declare_shed_series does."""
+    for name in model_names:
+        for reason in SHADOW_DROP_REASONS:
+            SHADOW_DROPPED.labels(name, reason)
+
+
+def record_shadow_dropped(model_name: str, reason: str, rows: int) -> None:
+    SHADOW_DROPPED.labels(model_name, reason).inc(rows)
+
+
+def record_shadow_comparison(primary: Predictions, shadow: Predictions, seconds: float) -> None:
+    """One completed shadow call: the same rows as answered (`primary`) and as the shadow
+    version scored them, `seconds` after the call started."""
+    spec = primary.spec
+    SHADOW_DURATION.labels(spec.name).observe(seconds)
+    agree = int(np.count_nonzero(primary.best == shadow.best))
+    versions = (spec.name, version_of(primary.tag), version_of(shadow.tag))
+    # Both outcomes counted, even by 0: an agreement ratio needs both series from the start.
+    SHADOW_COMPARISONS.labels(*versions, "agree").inc(agree)
+    SHADOW_COMPARISONS.labels(*versions, "disagree").inc(len(primary.best) - agree)
+    difference = np.abs(
+        prediction_scores(spec, shadow.probabilities, primary.best)
+        - prediction_scores(spec, primary.probabilities, primary.best)
+    )
+    observe_all(SHADOW_SCORE_DIFFERENCE.labels(spec.name), difference)
+
+
 # --- recording: model runner --------------------------------------------------------------------
 @contextmanager
 def inference_timer(model_name: str, rows: int) -> Iterator[None]:
@@ -314,3 +392,16 @@ def record_model_loaded(info: ModelInfo) -> None:
     for metric, value in info.metadata.get("metrics", {}).items():
         MODEL_TRAINING_SCORE.labels(info.name, version, metric).set(value)
     MODEL_LOADED.labels(info.name).set(1)
+
+
+def record_model_unloaded(info: ModelInfo) -> None:
+    version = version_of(info.tag)
+    MODEL_INFO.labels(info.name, version, info.tag, info.framework).set(0)
+
+
+def record_alias(model_name: str, alias: str, previous: str | None, version: str | None) -> None:
+    """An alias moved from `previous` to `version` (either None: it is new, or removed)."""
+    if previous is not None and previous != version:
+        MODEL_ALIAS.labels(model_name, alias, previous).set(0)
+    if version is not None:
+        MODEL_ALIAS.labels(model_name, alias, version).set(1)

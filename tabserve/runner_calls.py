@@ -33,14 +33,14 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 
-from tabserve.schemas import Row
+from tabserve.schemas import VersionedRow
 
 T = TypeVar("T")
-RunnerApi = Callable[[list[Row]], Awaitable[Any]]
+RunnerApi = Callable[[list[VersionedRow]], Awaitable[Any]]
 # Set per HTTP request by the admission middleware: true once the client has hung up.
 HungUp = Callable[[], bool]
 caller_hung_up: ContextVar[HungUp | None] = ContextVar("caller_hung_up", default=None)
-Waiting = tuple[list[Row], "asyncio.Future[np.ndarray]", HungUp | None]
+Waiting = tuple[list[VersionedRow], "asyncio.Future[np.ndarray]", HungUp | None]
 
 
 class CallerHungUp(Exception):
@@ -52,7 +52,7 @@ class CallerHungUp(Exception):
 CONNECTION_RETRIES = 3
 
 
-async def call_with_retries(api: RunnerApi, rows: list[Row]) -> Any:
+async def call_with_retries(api: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
     """Call a runner API, retrying when a pooled connection broke before an answer came.
 
     BentoML's API->runner client keeps idle connections for 15 s, the runner's server closes
@@ -62,10 +62,10 @@ async def call_with_retries(api: RunnerApi, rows: list[Row]) -> Any:
     """
     for _ in range(CONNECTION_RETRIES):
         try:
-            return await api(rows)
+            return await api(*args, **kwargs)
         except aiohttp.ClientConnectionError:
             continue
-    return await api(rows)
+    return await api(*args, **kwargs)
 
 
 class MergedCalls:
@@ -80,7 +80,7 @@ class MergedCalls:
         self._senders: set[asyncio.Task[None]] = set()  # referenced, so never collected mid-call
         self._waiting: deque[Waiting] = deque()
 
-    async def predict(self, rows: list[Row]) -> np.ndarray:
+    async def predict(self, rows: list[VersionedRow]) -> np.ndarray:
         """(len(rows), classes) probabilities for these rows; TimeoutError when the runner did
         not answer in time."""
         future = asyncio.get_running_loop().create_future()
@@ -101,9 +101,9 @@ class MergedCalls:
         finally:
             self._in_flight -= 1
 
-    def _take_batch(self) -> list[tuple[list[Row], asyncio.Future[np.ndarray]]]:
+    def _take_batch(self) -> list[tuple[list[VersionedRow], asyncio.Future[np.ndarray]]]:
         """The waiting requests whose callers still wait, oldest first, up to max_rows rows."""
-        batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]] = []
+        batch: list[tuple[list[VersionedRow], asyncio.Future[np.ndarray]]] = []
         rows = 0
         while self._waiting and (not batch or rows + len(self._waiting[0][0]) <= self._max_rows):
             waiting, future, hung_up = self._waiting.popleft()
@@ -118,7 +118,9 @@ class MergedCalls:
             batch.append((waiting, future))
         return batch
 
-    async def _send(self, batch: list[tuple[list[Row], asyncio.Future[np.ndarray]]]) -> None:
+    async def _send(
+        self, batch: list[tuple[list[VersionedRow], asyncio.Future[np.ndarray]]]
+    ) -> None:
         merged = batch[0][0] if len(batch) == 1 else [row for rows, _ in batch for row in rows]
         try:
             answer = np.asarray(

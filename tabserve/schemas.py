@@ -7,6 +7,7 @@ categories are exact; unknown fields are rejected so a misspelt feature is not s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -20,21 +21,48 @@ from tabserve.settings import get_settings
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 # A row is one instance's feature values in the spec's feature order; None = not given.
-# Rows are what the data plane hands the runner.
 Row = tuple[Any, ...]
+# What the data plane hands the runner's batched predict: a row and the model version that is
+# to score it (requests for several versions of a model share the runner's batches).
+VersionedRow = tuple[str, Row]
+
+# The alias the unversioned routes follow; every model has it (tabserve/loaded_models.py).
+DEFAULT_ALIAS = "champion"
+_ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+# A repository call's answer from the process holding the models: {"status": 200, "versions":
+# [...]} or {"status": 4xx, "error": "..."}. Plain data, so it crosses the API-runner hop as is.
+RepositoryAnswer = dict[str, Any]
+
+
+def is_alias_name(name: str) -> bool:
+    """Aliases share the version slot of the routes (`/versions/champion`) and become metric
+    labels: a short token."""
+    return _ALIAS_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the API tells callers about a loaded model (the runner's `describe`)."""
+    """What the API tells callers about a loaded model version (the runner's `describe`)."""
 
     name: str
     tag: str
     framework: str
     metadata: dict[str, Any]
+    aliases: tuple[str, ...] = ()  # the aliases naming this version
+
+    @property
+    def version(self) -> str:
+        return self.tag.rpartition(":")[2]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "tag": self.tag, "framework": self.framework, **self.metadata}
+        return {
+            "name": self.name,
+            "tag": self.tag,
+            "version": self.version,
+            "aliases": list(self.aliases),
+            "framework": self.framework,
+            **self.metadata,
+        }
 
 
 def _field_type(feature: Feature, max_text_chars: int) -> Any:

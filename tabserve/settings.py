@@ -11,14 +11,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+import pydantic_settings
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tabserve.catalog import MODELS
 
 ENV_PREFIX = "TABSERVE_"
 API_TOKEN_MIN_CHARS = 16
 # A token file is a few dozen bytes; reading at most this much keeps a path pointing at a log or
 # a device (/dev/zero) from filling the memory at start-up.
 _TOKEN_FILE_MAX_BYTES = 4096
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class ShadowTarget:
+    """Where a share of one model's traffic is also scored (tabserve/shadow.py). Unknown keys are
+    refused: a misspelt "fraction" would otherwise leave shadow scoring silently off."""
+
+    target: str = Field(min_length=1)  # an alias ("challenger") or an exact version
+    fraction: float = Field(gt=0, le=1)  # of the model's requests, sampled per request
 
 
 class Settings(BaseSettings):
@@ -72,7 +85,32 @@ class Settings(BaseSettings):
     # --- model store ------------------------------------------------------------------------
     model_tags: dict[str, str] = Field(
         default_factory=dict,
-        description="Model name -> BentoML model tag. Unlisted models use '<name>:latest'.",
+        description="Model name -> BentoML model tag. Unlisted models use '<name>:latest'. "
+        "This version is the model's champion unless model_aliases names another.",
+    )
+    model_versions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Model name -> further BentoML tags to load beside the model_tags one, "
+        "each reachable on the versioned routes (`/v1/models/<m>/versions/<v>:predict`, "
+        "`/v2/models/<m>/versions/<v>/infer`, gRPC `model_version`) and packed into the bento.",
+    )
+    model_aliases: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='Model name -> {alias: version} at start, e.g. `{"churn": '
+        '{"challenger": "abc123"}}`. The unversioned routes follow `champion` (by default '
+        "the model_tags version). Aliases move at run time through the repository API.",
+    )
+    repository_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest a repository call (load, unload, alias) may take in the model "
+        "runner: a load reads and checks a model from the store.",
+    )
+    unload_grace_s: float = Field(
+        3.0,
+        ge=0,
+        description="An unloaded version stops taking new requests at once and is freed this "
+        "much later, so requests that API workers already routed to it still finish.",
     )
 
     # --- processes and threads ----------------------------------------------------------------
@@ -278,6 +316,23 @@ class Settings(BaseSettings):
         "moves.",
     )
 
+    # --- shadow scoring (tabserve/shadow.py) -----------------------------------------------------
+    shadow: dict[str, ShadowTarget] = Field(
+        default_factory=dict,
+        description='Model name -> {"target": alias or version, "fraction": share of its '
+        "requests in (0, 1]}: that share of the model's requests is also scored by the target "
+        "version after the answer is computed, off the request's path, and the two compared "
+        "(tabserve_shadow_* metrics). Unlisted models are not shadowed.",
+    )
+    shadow_queue_size: int = Field(
+        64,
+        ge=1,
+        description="Sampled requests waiting for their shadow call, per API worker; when full, "
+        "more are dropped (counted in tabserve_shadow_dropped_total), never waited for. One "
+        "shadow call runs at a time per worker, so this bounds the work and memory shadowing "
+        "can take.",
+    )
+
     # --- access ---------------------------------------------------------------------------------
     api_token: SecretStr | None = Field(
         None,
@@ -336,6 +391,28 @@ class Settings(BaseSettings):
             )
         return {**values, "api_token": SecretStr(_token_from_file(str(path)))}
 
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_models_exist(cls, shadow: dict[str, ShadowTarget]) -> dict[str, ShadowTarget]:
+        unknown = sorted(set(shadow) - set(MODELS))
+        if unknown:
+            raise ValueError(
+                f"{ENV_PREFIX}SHADOW names unknown models {unknown}; models: {', '.join(MODELS)}"
+            )
+        return shadow
+
+    @model_validator(mode="after")
+    def _versions_name_known_models(self) -> Settings:
+        """A misspelt model name would silently load nothing (or alias nothing)."""
+        for setting in ("model_tags", "model_versions", "model_aliases"):
+            unknown = sorted(set(getattr(self, setting)) - set(MODELS))
+            if unknown:
+                raise ValueError(
+                    f"{ENV_PREFIX}{setting.upper()}: unknown model(s) {', '.join(unknown)}; "
+                    f"the models are {', '.join(MODELS)}"
+                )
+        return self
+
     @model_validator(mode="after")
     def _drift_min_rows_fit_the_window(self) -> Settings:
         """The window holds at least 3/4 of drift_window_rows once it moves: a larger minimum
@@ -357,6 +434,11 @@ class Settings(BaseSettings):
 
     def tag_for(self, model_name: str) -> str:
         return self.model_tags.get(model_name, f"{model_name}:latest")
+
+    def tags_for(self, model_name: str) -> list[str]:
+        """Every version to load for a model at start: its default tag first."""
+        extra = self.model_versions.get(model_name, [])
+        return [self.tag_for(model_name), *extra]
 
 
 def _token_from_file(path: str) -> str:
@@ -422,3 +504,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         raise SettingsError(error) from None
+    except pydantic_settings.SettingsError as error:
+        # A JSON setting (TABSERVE_MODEL_TAGS, TABSERVE_SHADOW) that is not JSON fails in
+        # pydantic-settings, before validation: the same one-line message, not a traceback.
+        problem = f"{error}: {error.__cause__}" if error.__cause__ else str(error)
+        raise SystemExit(f"tabserve cannot start, invalid settings:\n  {problem}") from None

@@ -18,6 +18,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 import pytest  # noqa: E402
 
+from tests.model_versions import VersionStore, make_version_store  # noqa: E402
 from tests.server import ServerProcess, run_training  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -44,3 +45,9 @@ def server(
     log = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
     with ServerProcess.start(log) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def version_store(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> VersionStore:
+    """A store of its own with two versions of churn (tests/model_versions.py)."""
+    return make_version_store(trained_store, tmp_path_factory.mktemp("versions-home"))

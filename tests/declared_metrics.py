@@ -19,6 +19,7 @@ TABSERVE = {
     "tabserve_inference_rows": ("histogram", {"model"}),
     "tabserve_explanation_duration_seconds": ("histogram", {"model"}),
     "tabserve_model_info": ("gauge", {"model", "version", "tag", "framework"}),
+    "tabserve_model_alias": ("gauge", {"model", "alias", "version"}),
     "tabserve_model_training_score": ("gauge", {"model", "version", "metric"}),
     "tabserve_model_loaded": ("gauge", {"model"}),
 }
@@ -34,6 +35,18 @@ PAYLOAD_LOG = {
 DRIFT = {
     "tabserve_feature_drift_psi": ("gauge", {"model", "version", "feature"}),
     "tabserve_score_drift_psi": ("gauge", {"model", "version"}),
+}
+
+# Exposed only for the models Settings.shadow names (tabserve/shadow.py), once the API worker runs
+# its shadow scorer; the comparisons once a shadow call has answered.
+SHADOW = {
+    "tabserve_shadow_comparisons_total": (
+        "counter",
+        {"model", "version", "shadow_version", "outcome"},
+    ),
+    "tabserve_shadow_score_difference": ("histogram", {"model"}),
+    "tabserve_shadow_duration_seconds": ("histogram", {"model"}),
+    "tabserve_shadow_dropped_total": ("counter", {"model", "reason"}),
 }
 
 _BENTOML_REQUEST = {"endpoint", "service_name", "service_version", "runner_name"}
@@ -81,7 +94,7 @@ def series_names(name: str, kind: str) -> set[str]:
 
 KNOWN_SERIES = {
     series
-    for declared in (TABSERVE, DRIFT, BENTOML)
+    for declared in (TABSERVE, DRIFT, SHADOW, BENTOML)
     for name, (kind, _) in declared.items()
     for series in series_names(name, kind)
 } | KUBERNETES

@@ -42,16 +42,21 @@ class ServerProcess:
     @classmethod
     @contextlib.contextmanager
     def start(
-        cls, log: Path, env: dict[str, str] | None = None, wait_ready: bool = True
+        cls,
+        log: Path,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        store: Path | None = None,
     ) -> Iterator[ServerProcess]:
-        """`wait_ready=False`: yield at once, for tests of a server that must not become ready."""
+        """`wait_ready=False`: yield at once, for tests of a server that must not become ready.
+        `store`: a model store of the test's own (default: the session's trained one)."""
         port = free_port()
         # Each server gets a BentoML home of its own, with the trained models linked in: BentoML
         # empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts, so servers
         # sharing a home would lose each other's metrics.
         home = log.parent / f"bentoml-home-{port}"
         home.mkdir()
-        store = Path(os.environ["BENTOML_HOME"]) / "models"
+        store = store or Path(os.environ["BENTOML_HOME"]) / "models"
         (home / "models").symlink_to(store, target_is_directory=True)
         # Each server gets its own gRPC and metrics ports on loopback: servers started by
         # different tests (or a developer's `make serve`) must not silently share 8001 or 8002

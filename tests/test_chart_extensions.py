@@ -112,7 +112,7 @@ def _kubernetes_problems(objects: list[Manifest], kube_version: str) -> list[str
     problems = []
     for manifest in objects:
         name = f"{manifest['kind']}/{manifest['metadata']['name']}"
-        if (manifest["apiVersion"], manifest["kind"]) in crd_schemas.CUSTOM_RESOURCES:
+        if crd_schemas.has_schema(manifest):
             problems += [f"{name}: {error}" for error in crd_schemas.errors(manifest)]
             continue
         try:

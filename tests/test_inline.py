@@ -6,16 +6,20 @@ protocol, and still merge concurrent requests for a model into shared model call
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from bentoml._internal.models.model import ModelStore
 
 from tabserve.catalog import MODELS
+from tabserve.inline import InlineRunner
+from tabserve.loaded_models import LoadedModels
 from tests.data import expected_probabilities, instances
+from tests.model_versions import VersionStore
 from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
 from tests.server import ServerProcess
 from tests.test_metrics import scrape, total
@@ -25,10 +29,13 @@ CONCURRENT_REQUESTS = 100
 
 @pytest.fixture(scope="module")
 def inline(
-    trained_store: Path, tmp_path_factory: pytest.TempPathFactory
+    version_store: VersionStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
+    """Inline, with churn in two versions (the champion is the session's, as the split
+    server's) and the challenger shadowing it."""
     log = tmp_path_factory.mktemp("inline") / "bentoml-serve.log"
-    with ServerProcess.start(log, env={"TABSERVE_INLINE_MODELS": "true"}) as process:
+    env = {"TABSERVE_INLINE_MODELS": "true", **version_store.settings()}
+    with ServerProcess.start(log, env=env, store=version_store.path) as process:
         yield process
 
 
@@ -59,24 +66,25 @@ def test_the_models_are_loaded_and_timed_in_the_api_worker(inline: ServerProcess
     assert total(after, rows, model="iris") - total(before, rows, model="iris") == 3
 
 
-async def _fire(url: str, rows: list[dict]) -> list[httpx.Response]:
+async def _fire(url: str, model: str, rows: list[dict]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=CONCURRENT_REQUESTS)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         return await asyncio.gather(
-            *(client.post("/v1/models/churn:predict", json={"instances": [row]}) for row in rows)
+            *(client.post(f"/v1/models/{model}:predict", json={"instances": [row]}) for row in rows)
         )
 
 
 def test_concurrent_requests_are_merged_into_shared_model_calls(inline: ServerProcess) -> None:
-    rows = instances("churn", CONCURRENT_REQUESTS, seed=11)
+    # Not churn: the fixture shadows churn, and each shadow call is a model call too.
+    rows = instances("admission", CONCURRENT_REQUESTS, seed=11)
     calls = "tabserve_inference_rows_count"
-    before = total(scrape(inline), calls, model="churn")
-    responses = asyncio.run(_fire(inline.url, rows))
-    model_calls = total(scrape(inline), calls, model="churn") - before
+    before = total(scrape(inline), calls, model="admission")
+    responses = asyncio.run(_fire(inline.url, "admission", rows))
+    model_calls = total(scrape(inline), calls, model="admission") - before
 
     assert [r.status_code for r in responses] == [200] * CONCURRENT_REQUESTS
     expected = expected_probabilities(responses[0].json()["model"], rows)
-    served = np.array([r.json()["predictions"][0]["probabilities"]["churned"] for r in responses])
+    served = np.array([r.json()["predictions"][0]["probabilities"]["admitted"] for r in responses])
     np.testing.assert_allclose(served, expected[:, 0], rtol=0, atol=1e-12)
     print(f"\n{CONCURRENT_REQUESTS} concurrent requests -> {model_calls:g} model calls")
     assert 0 < model_calls < CONCURRENT_REQUESTS / 2
@@ -98,3 +106,54 @@ def test_explanations_match_the_split_service(
     split_answer = httpx.post(f"{server.url}/v1/models/{model_name}:explain", json=body)
     assert inline_answer.status_code == split_answer.status_code == 200
     assert inline_answer.json() == split_answer.json()
+
+
+def test_versions_and_shadow_scoring_work_inline(
+    inline: ServerProcess, version_store: VersionStore
+) -> None:
+    rows = instances("churn", 30, seed=4)
+    url = f"{inline.url}/v1/models/churn/versions/challenger"
+    for verb in ("predict", "explain"):
+        answer = httpx.post(f"{url}:{verb}", json={"instances": rows})
+        assert answer.json()["model"] == f"churn:{version_store.second}", answer.text
+    before = total(scrape(inline), "tabserve_shadow_comparisons_total", model="churn")
+    v1_answers(inline.url, "churn", rows)
+    deadline = time.monotonic() + 30
+    while total(scrape(inline), "tabserve_shadow_comparisons_total", model="churn") < before + 30:
+        assert time.monotonic() < deadline, "no shadow comparison inline"
+        time.sleep(0.2)
+
+
+def test_repository_calls_change_the_inline_models(version_store: VersionStore) -> None:
+    """In-process: the inline runner's repository calls run on their own thread and change
+    the models its predictions use."""
+    first, second = version_store.first, version_store.second
+    models = LoadedModels(
+        {"churn": MODELS["churn"]},
+        lambda name: [f"churn:{first}"],
+        {},
+        threads=1,
+        unload_grace_s=0,
+        fetch=ModelStore(version_store.path).get,
+    )
+    runner = InlineRunner(models, calls_in_flight=1)
+    spec = MODELS["churn"]
+    row = tuple(instances("churn", 1)[0].get(f) for f in spec.feature_names)
+
+    async def scenario() -> None:
+        loaded = await runner.load_version("churn", second)
+        assert loaded["status"] == 200 and loaded["version"] == second
+        moved = await runner.set_alias("churn", "champion", second)
+        assert moved["status"] == 200
+        assert {v["tag"]: v["aliases"] for v in moved["versions"]} == {
+            f"churn:{first}": [],
+            f"churn:{second}": ["champion"],
+        }
+        unloaded = await runner.unload_version("churn", first)
+        assert [v["tag"] for v in unloaded["versions"]] == [f"churn:{second}"]
+        answer = await runner.predict_churn([(second, row), (first, row)])
+        assert not np.isnan(answer[0]).any() and np.isnan(answer[1]).all()
+        refused = await runner.unload_version("churn", second)
+        assert refused["status"] == 409 and "champion" in refused["error"]
+
+    asyncio.run(scenario())

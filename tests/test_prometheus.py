@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -33,6 +32,7 @@ from tests.dashboard_queries import (
 )
 from tests.data import instances
 from tests.declared_metrics import KNOWN_SERIES, KUBERNETES
+from tests.model_versions import VersionStore
 from tests.server import ServerProcess
 from tests.system_packages import require
 from tests.test_alerts import rules
@@ -109,12 +109,14 @@ def test_tables_query_the_present_and_lines_mark_the_objectives() -> None:
                 lines[panel["title"]] = [s["value"] for s in defaults["thresholds"]["steps"]]
     feature_drift = rules["alerts"]["TabserveFeatureDrift"]["threshold"]
     score_drift = rules["alerts"]["TabserveScoreDrift"]["threshold"]
+    agreement = rules["alerts"]["TabserveShadowDisagreement"]["threshold"]
     assert lines == {
         "Server error ratio by route": [None, budget],
         "Request latency p50 / p95 / p99": [None, latency],
         "p99 latency by route": [None, latency],
         "Feature drift (PSI) by feature": [None, feature_drift],
         "Score drift (PSI) by model": [None, score_drift],
+        "Shadow agreement by model": [None, agreement],
     }
 
 
@@ -155,13 +157,14 @@ def _load(server: ServerProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def prometheus(version_store: VersionStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     require("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     # The load sends a few hundred rows per model: the drift panels need their PSI exported.
-    drift = {"TABSERVE_DRIFT_MIN_ROWS": "20"}
+    # churn is served in two versions, the second shadowing the first: the shadow panels.
+    env = {"TABSERVE_DRIFT_MIN_ROWS": "20", **version_store.settings()}
     with (
-        ServerProcess.start(workdir / "serve.log", env=drift) as server,
+        ServerProcess.start(workdir / "serve.log", env=env, store=version_store.path) as server,
         Prometheus.start([server.metrics_url.split("/")[2]], workdir, 1.0) as running,
     ):
         _wait_for_first_scrape(running)

@@ -133,7 +133,7 @@ def test_versioned_infer_and_an_unknown_version(
     with pytest.raises(InferenceServerException) as raised:
         client.infer("drug", infer_inputs(tc, "drug", rows, True), model_version="v0")
     assert raised.value.status() == "404"
-    assert "has no version 'v0'" in raised.value.message()
+    assert "has no version or alias 'v0'" in raised.value.message()
 
 
 def test_optional_features_missing_as_nan_or_left_out(

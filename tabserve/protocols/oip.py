@@ -33,7 +33,6 @@ import numpy as np
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
 from tabserve.dataplane import DataPlane, Explained, Predictions
-from tabserve.errors import ModelNotFound
 from tabserve.features import Feature, Kind
 from tabserve.instances import refusals_counted, rows_from_body
 from tabserve.protocols.tensors import (
@@ -43,7 +42,7 @@ from tabserve.protocols.tensors import (
     InvalidTensor,
     Tensor,
 )
-from tabserve.schemas import ModelInfo, Row
+from tabserve.schemas import Row
 from tabserve.settings import Settings
 
 SERVER_NAME = "tabserve"
@@ -133,26 +132,29 @@ class OpenInference:
         return await self.plane.ready()
 
     async def model_ready(self, model_name: str, version: str = "") -> bool:
-        """Raises ModelNotFound for an unknown model or version; False while still loading."""
+        """Raises ModelNotFound for an unknown model or version; False while still loading.
+        A version is ready while it is loaded (an unloaded one is unknown at once)."""
         spec = self.plane.spec(model_name)
         if not await self.plane.ready():
             return False
-        await self._loaded(spec, version)
+        await self.plane.model_info(spec, version)
         return True
 
     async def model_metadata(self, model_name: str, version: str = "") -> ModelMetadata:
         spec = self.plane.spec(model_name)
-        info = await self._loaded(spec, version)
+        loaded = await self.plane.model_versions(spec)
+        info = loaded.resolve(version)
         properties: dict[str, Any] = {
             "tag": info.tag,
             "title": spec.title,
             "class_names": list(spec.class_names),
+            "aliases": dict(sorted(loaded.aliases.items())),
         }
         if spec.positive_class:
             properties["positive_class"] = spec.positive_class
         return ModelMetadata(
             name=spec.name,
-            versions=[metrics.version_of(info.tag)],
+            versions=list(loaded.versions),
             platform=spec.framework,
             inputs=[TensorMetadata(f.name, DECLARED_TYPES[f.kind], (-1,)) for f in spec.features],
             outputs=[
@@ -165,32 +167,25 @@ class OpenInference:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         spec = request.spec
-        info = await self._loaded(spec, request.model_version)
+        version = request.model_version
+        await self.plane.model_info(spec, version)  # an unknown version: 404 before decoding
         with refusals_counted(spec.name):
             _check_outputs(spec, request.outputs)
             rows = _rows(spec, request.inputs, self._max_rows)
         wanted = request.outputs or list(OUTPUT_NAMES)
+        answer: Predictions
         if CONTRIBUTIONS_OUTPUT in wanted:
-            explained = await self.plane.explain(spec, rows)
+            answer = explained = await self.plane.explain(spec, rows, version)
             outputs = {**_output_tensors(explained), **_contributions(explained)}
         else:
-            outputs = _output_tensors(await self.plane.predict(spec, rows))
+            answer = await self.plane.predict(spec, rows, version)
+            outputs = _output_tensors(answer)
         return InferenceResponse(
             model_name=spec.name,
-            model_version=metrics.version_of(info.tag),
+            model_version=metrics.version_of(answer.tag),  # the version that answered
             id=request.id,
             outputs=[outputs[name] for name in wanted],
         )
-
-    async def _loaded(self, spec: ModelSpec, version: str) -> ModelInfo:
-        """The loaded model; ModelNotFound when another version than the loaded one is asked for."""
-        info = await self.plane.model_info(spec)
-        loaded = metrics.version_of(info.tag)
-        if version and version != loaded:
-            raise ModelNotFound(
-                f"model {spec.name!r} has no version {version!r}; the loaded version is {loaded}"
-            )
-        return info
 
 
 def _check_outputs(spec: ModelSpec, requested: list[str]) -> None:

@@ -1,11 +1,13 @@
 """The V1 REST protocol: KServe V1 / TF-Serving style `instances` in, `predictions` out.
 
-GET  /v1/models                  every model: tag, metrics, input schema
+GET  /v1/models                  every model: tag, metrics, input schema, versions, aliases
 GET  /v1/models/{name}           one model
 POST /v1/models/{name}:predict   {"instances": [{feature: value, ...}, ...]}
 GET  /v1/models/{name}:predict?feature=value&...   one instance, for the simplest clients
 POST /v1/models/{name}:explain   same body as :predict; per instance the prediction and each
                                  feature's contribution to the model's margin
+GET|POST /v1/models/{name}/versions/{version}[:predict|:explain]   the same, for one loaded
+                                 version or alias (the routes above follow `champion`)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ModelNameConvertor(StringConvertor):
 
 
 register_url_convertor("model_name", ModelNameConvertor())
+register_url_convertor("version", ModelNameConvertor())  # a version or an alias
 
 router = APIRouter(prefix="/v1", tags=["V1 REST"])
 Plane = Annotated[DataPlane, Depends(dataplane)]
@@ -45,7 +48,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "The body is not JSON.",
-        404: "No such model.",
+        404: "No such model, or no such version of it.",
         413: "The body is larger than the limit.",
         415: "The body is not application/json.",
         422: "The instances do not fit the model's schema; `details` names each field.",
@@ -70,7 +73,16 @@ async def list_models(plane: Plane) -> dict[str, list[dict[str, Any]]]:
 
 @router.get("/models/{model_name:model_name}", summary="Describe one model", responses=_ERRORS)
 async def describe_model(model_name: str, plane: Plane) -> dict[str, Any]:
-    return (await plane.model_info(plane.spec(model_name))).describe()
+    return (await plane.model_versions(plane.spec(model_name))).describe()
+
+
+@router.get(
+    "/models/{model_name:model_name}/versions/{version:version}",
+    summary="Describe one version of a model",
+    responses=_ERRORS,
+)
+async def describe_version(model_name: str, version: str, plane: Plane) -> dict[str, Any]:
+    return (await plane.model_info(plane.spec(model_name), version)).describe()
 
 
 # --- the response -------------------------------------------------------------------------------
@@ -185,20 +197,26 @@ async def _rows(spec: ModelSpec, request: Request) -> list[Row]:
         return rows_from_body(spec.name, body)
 
 
-def _predict_endpoint(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
+def _predict_endpoint(spec: ModelSpec, versioned: bool) -> Callable[..., Awaitable[Response]]:
     async def predict(request: Request, plane: Plane) -> Response:
-        return _answer(await plane.predict(spec, await _rows(spec, request)))
+        return _answer(await plane.predict(spec, await _rows(spec, request), _version(request)))
 
-    predict.__name__ = f"predict_{spec.name}"
+    predict.__name__ = f"predict_{spec.name}{'_version' if versioned else ''}"
     return predict
 
 
-def _explain_endpoint(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
+def _explain_endpoint(spec: ModelSpec, versioned: bool) -> Callable[..., Awaitable[Response]]:
     async def explain(request: Request, plane: Plane) -> Response:
-        return _explained(await plane.explain(spec, await _rows(spec, request)))
+        return _explained(await plane.explain(spec, await _rows(spec, request), _version(request)))
 
-    explain.__name__ = f"explain_{spec.name}"
+    explain.__name__ = f"explain_{spec.name}{'_version' if versioned else ''}"
     return explain
+
+
+def _version(request: Request) -> str:
+    """The version or alias a versioned route names; "" (the champion) on the others. Read from
+    the path, not a parameter: on the unversioned routes FastAPI would make it a query one."""
+    return request.path_params.get("version", "")
 
 
 def _request_body(model_name: str) -> dict[str, Any]:
@@ -223,20 +241,28 @@ for _name, _spec in MODELS.items():
         ("predict", _predict_endpoint, PredictResponse, _ERRORS, _spec.use_case),
         ("explain", _explain_endpoint, ExplainResponse, _EXPLAIN_ERRORS, _EXPLAIN_DESCRIPTION),
     ):
-        router.add_api_route(
-            f"/models/{_name}:{_verb}",
-            _endpoint(_spec),
-            methods=["POST"],
-            response_model=_response,
-            summary=f"{_verb.title()}: {_spec.title}",
-            description=_description,
-            responses=_errors,
-            openapi_extra=_request_body(_name),
-        )
+        for _path, _versioned in (("", False), ("/versions/{version:version}", True)):
+            router.add_api_route(
+                f"/models/{_name}{_path}:{_verb}",
+                _endpoint(_spec, _versioned),
+                methods=["POST"],
+                response_model=_response,
+                summary=f"{_verb.title()}: {_spec.title}"
+                + (" (one version)" if _versioned else ""),
+                description=_description,
+                responses=_errors,
+                openapi_extra=_request_body(_name),
+            )
 
 
 @router.post("/models/{model_name:model_name}:predict", include_in_schema=False)
 @router.post("/models/{model_name:model_name}:explain", include_in_schema=False)
+@router.post(
+    "/models/{model_name:model_name}/versions/{version:version}:predict", include_in_schema=False
+)
+@router.post(
+    "/models/{model_name:model_name}/versions/{version:version}:explain", include_in_schema=False
+)
 async def unknown_model(model_name: str, plane: Plane) -> None:
     plane.spec(model_name)  # raises ModelNotFound: every known model has its own routes above
 

@@ -1,5 +1,6 @@
 """JSON schemas of the custom resources the chart renders (ServiceMonitor, PrometheusRule,
-KEDA ScaledObject, Gateway API HTTPRoute and GRPCRoute).
+KEDA ScaledObject, Gateway API HTTPRoute and GRPCRoute, Flagger MetricTemplate, Argo Rollouts
+AnalysisTemplate) and of those docs/deploy.md applies beside it (Flagger Canary, Argo Rollout).
 
 No CRD file is copied into this repository:
 - ServiceMonitor, PrometheusRule and ScaledObject come from PyPI's cloudcoil model packages,
@@ -10,6 +11,10 @@ No CRD file is copied into this repository:
   into Go's module cache and the openAPIV3Schema is read from there, for the oldest release with
   GRPCRoute v1 and the newest. Their CEL rules (x-kubernetes-validations) are left to the API
   server.
+- Flagger and Argo Rollouts likewise, from their Go modules (github.com/fluxcd/flagger:
+  artifacts/flagger/crd.yaml; github.com/argoproj/argo-rollouts: manifests/crds/), each at one
+  pinned release: the newest on the module proxy for Flagger, the newest Argo Rollouts release
+  that this Go toolchain can download (later ones require a newer Go).
 The generated models ignore unknown fields, so every object schema is made closed here, as the
 API server's structural-schema pruning would drop (and `kubectl --validate=strict` reject) an
 unknown field.
@@ -44,6 +49,19 @@ GATEWAY_API_RESOURCES = {
     ("gateway.networking.k8s.io/v1", "GRPCRoute"): "grpcroutes",
 }
 
+FLAGGER = ("github.com/fluxcd/flagger", "v1.36.1")
+ARGO_ROLLOUTS = ("github.com/argoproj/argo-rollouts", "v1.10.0")
+# (apiVersion, kind) -> (Go module, release, the file of its CRD in the module).
+MODULE_RESOURCES = {
+    ("flagger.app/v1beta1", "MetricTemplate"): (*FLAGGER, "artifacts/flagger/crd.yaml"),
+    ("flagger.app/v1beta1", "Canary"): (*FLAGGER, "artifacts/flagger/crd.yaml"),
+    ("argoproj.io/v1alpha1", "AnalysisTemplate"): (
+        *ARGO_ROLLOUTS,
+        "manifests/crds/analysis-template-crd.yaml",
+    ),
+    ("argoproj.io/v1alpha1", "Rollout"): (*ARGO_ROLLOUTS, "manifests/crds/rollout-crd.yaml"),
+}
+
 # Free-form maps in ObjectMeta (labels, annotations) keep their additionalProperties.
 _OPEN_MAPS = ("additionalProperties", "patternProperties")
 
@@ -60,41 +78,61 @@ def _closed(schema: Any) -> Any:
     return schema
 
 
-def _gateway_api_schema(release: str, api_version: str, kind: str) -> dict[str, Any]:
-    """The openAPIV3Schema of one Gateway API kind in one release, from its Go module."""
+def _module_schema(
+    module: str, release: str, crd_file: str, api_version: str, kind: str
+) -> dict[str, Any]:
+    """The openAPIV3Schema of one kind and version in a CRD file of a Go module's release."""
     try:
         download = subprocess.run(
-            ["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@{release}"],
+            ["go", "mod", "download", "-json", f"{module}@{release}"],
             capture_output=True,
             text=True,
             check=True,
             env={**os.environ, "GOTOOLCHAIN": "local"},
         )
     except subprocess.CalledProcessError as error:
-        message = f"go mod download sigs.k8s.io/gateway-api@{release}: {error.stderr}"
+        message = f"go mod download {module}@{release}: {error.stdout}{error.stderr}"
         raise RuntimeError(message) from error
-    plural = GATEWAY_API_RESOURCES[(api_version, kind)]
-    crds = Path(json.loads(download.stdout)["Dir"]) / "config" / "crd" / "standard"
-    crd = yaml.safe_load((crds / f"gateway.networking.k8s.io_{plural}.yaml").read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == api_version.split("/")[1]]
+    path = Path(json.loads(download.stdout)["Dir"]) / crd_file
+    group, version_name = api_version.split("/")
+    (crd,) = [
+        crd
+        for crd in yaml.safe_load_all(path.read_text())
+        if crd and (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (group, kind)
+    ]
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == version_name]
     return version["schema"]["openAPIV3Schema"]
 
 
 @cache
 def validators(api_version: str, kind: str) -> dict[str, jsonschema.Draft202012Validator]:
-    """Schema source (a model package, or a Gateway API release) -> the kind's validator."""
-    if (api_version, kind) in CUSTOM_RESOURCES:
-        model = CUSTOM_RESOURCES[(api_version, kind)]
+    """Schema source (a model package, a Go module release, or a Gateway API release) -> the
+    kind's validator."""
+    key = (api_version, kind)
+    if key in CUSTOM_RESOURCES:
+        model = CUSTOM_RESOURCES[key]
         schemas = {model.__module__: model.model_json_schema(by_alias=True)}
+    elif key in MODULE_RESOURCES:
+        module, release, crd_file = MODULE_RESOURCES[key]
+        schemas = {f"{module}@{release}": _module_schema(module, release, crd_file, *key)}
     else:
+        crd_file = (
+            f"config/crd/standard/gateway.networking.k8s.io_{GATEWAY_API_RESOURCES[key]}.yaml"
+        )
         schemas = {
-            release: _gateway_api_schema(release, api_version, kind)
+            release: _module_schema("sigs.k8s.io/gateway-api", release, crd_file, *key)
             for release in GATEWAY_API_RELEASES
         }
     return {
         source: jsonschema.Draft202012Validator(_closed(schema))
         for source, schema in schemas.items()
     }
+
+
+def has_schema(manifest: dict[str, Any]) -> bool:
+    """Whether the object is a custom resource this module knows the schema of."""
+    key = (manifest["apiVersion"], manifest["kind"])
+    return key in CUSTOM_RESOURCES or key in MODULE_RESOURCES or key in GATEWAY_API_RESOURCES
 
 
 def errors(manifest: dict[str, Any]) -> list[str]:

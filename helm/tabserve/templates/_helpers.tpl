@@ -188,7 +188,8 @@ checkov.io/skip{{ add1 $index }}: {{ printf "%s=%s" $check (required (printf "no
 {{- end -}}
 
 {{/*
-spec.replicas of the Deployment: replicaCount when the count is fixed. With an autoscaler (HPA or
+spec.replicas of the Deployment: replicaCount when the count is fixed (null: left out, for an Argo
+Rollout that takes its pod template from the Deployment and owns the count). With an autoscaler (HPA or
 KEDA) the autoscaler owns the count, yet leaving the field out is not neutral under Helm: its
 three-way merge deletes a field the previous revision set and the new one lacks, and Kubernetes
 then defaults it to 1. Switching from fixed replicas to autoscaling (or `helm rollback` to a
@@ -203,7 +204,7 @@ the empty map of no cluster): Helm's --wait needs that permission in the namespa
 */}}
 {{- define "tabserve.replicas" -}}
 {{- if not (or .Values.autoscaling.enabled .Values.keda.enabled) -}}
-{{- .Values.replicaCount -}}
+{{- with .Values.replicaCount -}}{{ . }}{{- end -}}
 {{- else -}}
 {{- $deployments := lookup "apps/v1" "Deployment" .Release.Namespace "" -}}
 {{- if $deployments -}}
@@ -216,6 +217,37 @@ the empty map of no cluster): Helm's --wait needs that permission in the namespa
 {{- end -}}
 {{- int $replicas -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What the HPA or KEDA's ScaledObject scales: autoscaling.scaleTargetRef (an Argo Rollout that
+takes its pod template from the Deployment), else the Deployment. */}}
+{{- define "tabserve.scaleTargetRef" -}}
+{{- with .Values.autoscaling.scaleTargetRef -}}
+apiVersion: {{ .apiVersion }}
+kind: {{ .kind }}
+name: {{ .name }}
+{{- else -}}
+apiVersion: apps/v1
+kind: Deployment
+name: {{ include "tabserve.fullname" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* LabelSelector of the serving pods for the PodDisruptionBudget and the NetworkPolicy. Flagger's
+copy of the Deployment ("<fullname>-primary") labels its pods app.kubernetes.io/name
+"<name>-primary"; with canary.flagger.primaryPods those pods are selected too. */}}
+{{- define "tabserve.podLabelSelector" -}}
+{{- if .Values.canary.flagger.primaryPods -}}
+matchLabels:
+  app.kubernetes.io/instance: {{ .Release.Name }}
+matchExpressions:
+  - key: app.kubernetes.io/name
+    operator: In
+    values: [{{ include "tabserve.name" . }}, {{ include "tabserve.name" . }}-primary]
+{{- else -}}
+matchLabels:
+  {{- include "tabserve.selectorLabels" . | nindent 2 }}
 {{- end -}}
 {{- end -}}
 
