@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
 from starlette.convertors import StringConvertor, register_url_convertor
 
@@ -219,6 +219,12 @@ def _version(request: Request) -> str:
     return request.path_params.get("version", "")
 
 
+async def _declare_version(
+    version: Annotated[str, Path(description="A loaded version of the model, or an alias.")],
+) -> None:
+    """Declares the versioned routes' `{version}` in the OpenAPI document (`_version` reads it)."""
+
+
 def _request_body(model_name: str) -> dict[str, Any]:
     """OpenAPI for a body we parse ourselves (see app._openapi_with_request_schemas)."""
     schema_ref = f"#/components/schemas/{request_model(model_name).__name__}"
@@ -246,6 +252,7 @@ for _name, _spec in MODELS.items():
                 f"/models/{_name}{_path}:{_verb}",
                 _endpoint(_spec, _versioned),
                 methods=["POST"],
+                dependencies=[Depends(_declare_version)] if _versioned else [],
                 response_model=_response,
                 summary=f"{_verb.title()}: {_spec.title}"
                 + (" (one version)" if _versioned else ""),
