@@ -15,6 +15,7 @@ Serve with `bentoml serve service:ModelAPI` (see the Makefile). Configuration: t
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -65,19 +66,21 @@ class ModelRunner:
         """The loaded model versions: name, resolved tag, framework, metadata, aliases."""
         return self.models.describe()
 
-    # The repository (tabserve/protocols/repository.py): not batched, run in BentoML's thread
-    # pool, so a load of several seconds never holds up the predictions.
+    # The repository (tabserve/protocols/repository.py). Async, each call's work in a thread
+    # of its own: BentoML runs a service's sync APIs one at a time (its `threads` setting,
+    # default 1), so a sync load, or an unload waiting out its grace period, would hold up
+    # every prediction (seen: requests stalled 1 s and got 503 during an unload).
     @bentoml.api
-    def load_version(self, model_name: str, version: str) -> RepositoryAnswer:
-        return self.models.load(model_name, version)
+    async def load_version(self, model_name: str, version: str) -> RepositoryAnswer:
+        return await asyncio.to_thread(self.models.load, model_name, version)
 
     @bentoml.api
-    def unload_version(self, model_name: str, version: str) -> RepositoryAnswer:
-        return self.models.unload(model_name, version)
+    async def unload_version(self, model_name: str, version: str) -> RepositoryAnswer:
+        return await asyncio.to_thread(self.models.unload, model_name, version)
 
     @bentoml.api
-    def set_alias(self, model_name: str, alias: str, version: str | None) -> RepositoryAnswer:
-        return self.models.set_alias(model_name, alias, version)
+    async def set_alias(self, model_name: str, alias: str, version: str | None) -> RepositoryAnswer:
+        return await asyncio.to_thread(self.models.set_alias, model_name, alias, version)
 
 
 def _load_models() -> LoadedModels:
@@ -111,9 +114,10 @@ def _batched_predict(model_name: str) -> bentoml.api:
 def _explainer(model_name: str) -> bentoml.api:
     # Not batched: explanations are rare, capped at explain_max_rows and cost far more per row
     # than a prediction, so merging them with others saves little and would make the
-    # predictions of a batch wait for them.
-    def explain(self: ModelRunner, rows: list[Row], version: str) -> dict:
-        return self.models.explain(model_name, version, rows)
+    # predictions of a batch wait for them. Async, run in a thread of its own, for the same
+    # reason: BentoML runs a service's sync APIs (the batched predictions) one at a time.
+    async def explain(self: ModelRunner, rows: list[Row], version: str) -> dict:
+        return await asyncio.to_thread(self.models.explain, model_name, version, rows)
 
     explain.__name__ = explainer_api_name(model_name)
     return bentoml.api(explain)

@@ -443,6 +443,9 @@ def test_live_changes_under_load_fail_nothing_and_follow_the_alias(
         locust.kill()
     answers = [json.loads(line) for line in log.read_text().splitlines()]
     print(f"{len(answers)} answers during {len(moves)} repository changes")
+    print("moves (started, took s):", [(start, round(end - start, 3)) for start, end, _ in moves])
+    print("not 200:", [a for a in answers if a["status"] != 200])
+    print("slowest:", sorted(answers, key=lambda a: a["sent"] - a["received"])[:3])
     assert len(answers) > 200, output[-3000:]
     assert {a["status"] for a in answers} == {200}, output[-3000:]
     for answer in answers:
