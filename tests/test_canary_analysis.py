@@ -44,20 +44,20 @@ NO_SERIES_YET = {"shadow-agreement"}
 PREDICTIONS = 60
 
 
-def flagger_query(template: Manifest) -> str:
+def flagger_query(template: Manifest, variables: dict[str, str] = FLAGGER_VARIABLES) -> str:
     """The query as Flagger runs it: its template actions replaced by the release's values."""
 
     def value(match: re.Match[str]) -> str:
-        return FLAGGER_VARIABLES[match[1]]
+        return variables[match[1]]
 
     return FLAGGER_VARIABLE.sub(value, template["spec"]["query"])
 
 
-def argo_query(template: Manifest) -> str:
+def argo_query(template: Manifest, passed: dict[str, str] = ARGO_ARGS) -> str:
     """The query as Argo Rollouts runs it: the template's args (defaults, then the Rollout's)."""
     args = {arg["name"]: arg.get("value") for arg in template["spec"]["args"]}
     args["rollout"] = "tabserve"
-    args |= ARGO_ARGS
+    args |= passed
     (metric,) = template["spec"]["metrics"]
     return ARGO_ARG.sub(lambda match: args[match[1]], metric["provider"]["prometheus"]["query"])
 

@@ -78,10 +78,8 @@ def _closed(schema: Any) -> Any:
     return schema
 
 
-def _module_schema(
-    module: str, release: str, crd_file: str, api_version: str, kind: str
-) -> dict[str, Any]:
-    """The openAPIV3Schema of one kind and version in a CRD file of a Go module's release."""
+def module_dir(module: str, release: str) -> Path:
+    """Where a Go module's release lies in Go's module cache (downloaded there if missing)."""
     try:
         download = subprocess.run(
             ["go", "mod", "download", "-json", f"{module}@{release}"],
@@ -93,7 +91,14 @@ def _module_schema(
     except subprocess.CalledProcessError as error:
         message = f"go mod download {module}@{release}: {error.stdout}{error.stderr}"
         raise RuntimeError(message) from error
-    path = Path(json.loads(download.stdout)["Dir"]) / crd_file
+    return Path(json.loads(download.stdout)["Dir"])
+
+
+def _module_schema(
+    module: str, release: str, crd_file: str, api_version: str, kind: str
+) -> dict[str, Any]:
+    """The openAPIV3Schema of one kind and version in a CRD file of a Go module's release."""
+    path = module_dir(module, release) / crd_file
     group, version_name = api_version.split("/")
     (crd,) = [
         crd

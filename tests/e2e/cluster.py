@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,13 @@ _TOOLS = [
     CACHE / "bin" / f"helm-{VERSIONS['HELM_VERSION']}",
 ]
 T = TypeVar("T")
+
+
+# The runbook's release (docs/deploy.md), as the end-to-end tests install it.
+RUNBOOK = PROJECT / "docs" / "deploy.md"
+NAMESPACE = "ml-serving"
+SELECTOR = "app.kubernetes.io/name=tabserve,app.kubernetes.io/instance=tabserve"
+LOCAL_VALUES = "helm/tabserve/ci/local-cluster-values.yaml"
 
 
 def environment() -> dict[str, str]:
@@ -199,3 +207,30 @@ def locust(
         if load.process.poll() is None:
             load.process.kill()
             load.process.wait()
+
+
+def runbook(prefix: str) -> str:
+    """The one command of docs/deploy.md that starts with `prefix` (continuations joined,
+    comment dropped): the suite runs what the runbook says, so the two cannot drift apart."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", RUNBOOK.read_text(), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            command = " ".join(re.sub(r"\s+#.*$", "", line).split())
+            if command.startswith(prefix):
+                commands.append(command)
+    assert len(commands) == 1, f"docs/deploy.md should have one `{prefix}...`: {commands}"
+    return commands[0]
+
+
+def install_command(image: str) -> str:
+    """The runbook's `helm upgrade --install` of `image` (repository:tag), with the local
+    cluster's values; more options may follow."""
+    repository, tag = image.split(":")
+    install = runbook("helm upgrade --install tabserve helm/tabserve -n ml-serving --set image")
+    install = install.replace("registry.example.com/ml/tabserve", repository)
+    return f"{install.replace('<bento version>', tag)} -f {LOCAL_VALUES}"
+
+
+def remove_release() -> None:
+    run(["helm", "uninstall", "tabserve", "-n", NAMESPACE, "--wait"], check=False, timeout=300)
+    run(["kubectl", "delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=300s"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -26,41 +25,24 @@ from tritonclient.utils import InferenceServerException
 from tabserve.catalog import MODELS
 from tests.dashboard_queries import queries, substituted
 from tests.e2e.cluster import (
+    NAMESPACE,
     PROJECT,
+    SELECTOR,
     STATE,
+    install_command,
     kubectl_json,
     locust,
     prometheus_query,
     ready_pods,
+    remove_release,
     run,
+    runbook,
     wait_until,
     wait_until_empty,
 )
 
-NAMESPACE = "ml-serving"  # the runbook's
-SELECTOR = "app.kubernetes.io/name=tabserve,app.kubernetes.io/instance=tabserve"
-LOCAL_VALUES = "helm/tabserve/ci/local-cluster-values.yaml"
 # Scale down 15 s after the load instead of 5 minutes, so the suite sees it.
 FAST_SCALE_DOWN = "--set autoscaling.behavior.scaleDown.stabilizationWindowSeconds=15"
-RUNBOOK = PROJECT / "docs" / "deploy.md"
-
-
-def runbook(prefix: str) -> str:
-    """The one command of docs/deploy.md that starts with `prefix` (continuations joined,
-    comment dropped): the suite runs what the runbook says, so the two cannot drift apart."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", RUNBOOK.read_text(), re.S):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            command = " ".join(re.sub(r"\s+#.*$", "", line).split())
-            if command.startswith(prefix):
-                commands.append(command)
-    assert len(commands) == 1, f"docs/deploy.md should have one `{prefix}...`: {commands}"
-    return commands[0]
-
-
-def remove_release() -> None:
-    run(["helm", "uninstall", "tabserve", "-n", NAMESPACE, "--wait"], check=False, timeout=300)
-    run(["kubectl", "delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=300s"])
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +50,9 @@ def service(image: str) -> Iterator[str]:
     """The release, installed as the runbook says (plus the local cluster's values); yields the
     Service's ClusterIP URL, reachable from this host."""
     remove_release()  # what an interrupted earlier run left
-    repository, tag = image.split(":")
     run(runbook("kubectl create namespace ml-serving"))
-    install = runbook("helm upgrade --install tabserve helm/tabserve -n ml-serving --set image")
-    install = install.replace("registry.example.com/ml/tabserve", repository)
-    install = install.replace("<bento version>", tag)
     started = time.monotonic()
-    run(f"{install} -f {LOCAL_VALUES} {FAST_SCALE_DOWN}", timeout=900)
+    run(f"{install_command(image)} {FAST_SCALE_DOWN}", timeout=900)
     print(f"helm install --wait: {time.monotonic() - started:.0f} s to 2 ready pods")
     cluster_ip = kubectl_json("-n", NAMESPACE, "get", "service", "tabserve")["spec"]["clusterIP"]
     yield f"http://{cluster_ip}:3000"
