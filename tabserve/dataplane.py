@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import numpy as np
@@ -130,6 +130,7 @@ class DataPlane:
         self._repository_timeout_s = settings.repository_timeout_s
         self._repository_refusal = _repository_refusal(settings)
         self._infos: dict[str, ModelVersions] | None = None
+        self._describes_asked = self._describe_applied = 0
         self._merged_calls: dict[tuple[str, bool], MergedCalls] = {}
         self._ready = False
         self._recheck_ready_at = 0.0
@@ -165,9 +166,15 @@ class DataPlane:
         return self._infos
 
     async def _describe(self) -> None:
+        # A readiness check and a repository call may describe at once: the answer to the
+        # later question wins, so a slow readiness answer never brings back old aliases.
+        self._describes_asked += 1
+        asked = self._describes_asked
         with runner_faults_unavailable(self._timeout_s):
             described = await within_deadline(self._runner.describe(), self._timeout_s)
-        self._infos = ModelVersions.from_described(described)
+        if asked > self._describe_applied:
+            self._describe_applied = asked
+            self._infos = ModelVersions.from_described(described)
 
     async def ready(self) -> bool:
         """Every model of the catalog loaded in a runner that answered lately.
@@ -237,7 +244,8 @@ class DataPlane:
             probabilities = await self._runner_calls(spec.name, shadow).predict(
                 [(info.version, row) for row in rows]
             )
-        self._check_still_loaded(spec, info, probabilities[0, 0])
+        if np.isnan(probabilities[0, 0]):  # the runner no longer holds the version
+            self._version_gone(info)
         return Predictions(spec, info.tag, probabilities, probabilities.argmax(axis=1))
 
     async def explain(self, spec: ModelSpec, rows: list[Row], version: str = "") -> Explained:
@@ -260,7 +268,7 @@ class DataPlane:
                 call_with_retries(api, rows, version=info.version), self._timeout_s
             )
         if "missing" in answer:
-            self._check_still_loaded(spec, info, np.nan)
+            self._version_gone(info)
         probabilities = np.asarray(answer["probabilities"])
         tokens = answer["tokens"]
         return Explained(
@@ -274,15 +282,14 @@ class DataPlane:
             tokens=None if tokens is None else [[tuple(pair) for pair in row] for row in tokens],
         )
 
-    def _check_still_loaded(self, spec: ModelSpec, info: ModelInfo, first_score: float) -> None:
-        """The runner scores NaN for a version it no longer holds: unloaded after this worker's
-        listing was taken (tabserve/loaded_models.py). The listing is refreshed; a retry goes
-        to what the aliases name now."""
-        if np.isnan(first_score):
-            self._recheck_ready_at = 0.0
-            raise ModelUnavailable(
-                f"{info.tag} was unloaded while this request was routed to it; retry"
-            )
+    def _version_gone(self, info: ModelInfo) -> NoReturn:
+        """The runner no longer holds the version (it scores NaN, or explains nothing): unloaded
+        after this worker's listing was taken (tabserve/loaded_models.py). The listing is
+        refreshed; a retry goes to what the aliases name now."""
+        self._recheck_ready_at = 0.0
+        raise ModelUnavailable(
+            f"{info.tag} was unloaded while this request was routed to it; retry"
+        )
 
     # --- the repository (tabserve/protocols/repository.py) -----------------------------------
     async def load(self, spec: ModelSpec, version: str, alias: str | None) -> ModelVersions:

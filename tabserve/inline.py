@@ -54,10 +54,8 @@ class InlineRunner:
     async def _explain(self, model_name: str, rows: list[Any], version: str) -> dict[str, Any]:
         return await self._call(self._models.explain, model_name, version, rows)
 
-    async def _call(self, method: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, method, *args)
+    def _call(self, method: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
 
-    async def _change(self, method: Callable[..., RepositoryAnswer], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._repository, method, *args)
+    def _change(self, method: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._repository, method, *args)

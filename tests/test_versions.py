@@ -29,6 +29,7 @@ from tabserve.catalog import MODELS
 from tabserve.loaded_models import LoadedModels
 from tests.data import instances
 from tests.model_versions import VersionStore
+from tests.oip_tensors import infer_inputs
 from tests.server import PROJECT, ServerProcess
 from tests.test_metrics import scrape, total
 
@@ -148,18 +149,6 @@ def test_an_unknown_version_is_a_404_naming_the_loaded_ones(
     assert version_store.first in message and "challenger" in message
 
 
-def _triton_inputs(module: Any, rows: list[dict[str, Any]]) -> list[Any]:
-    inputs = []
-    for feature in MODELS["churn"].features:
-        values = np.array([row[feature.name] for row in rows])
-        datatype = {"boolean": "BOOL", "number": "FP64"}.get(feature.kind.value, "INT64")
-        tensor = module.InferInput(feature.name, [len(rows)], datatype)
-        dtype = {"BOOL": bool, "FP64": np.float64}.get(datatype, np.int64)
-        tensor.set_data_from_numpy(values.astype(dtype))
-        inputs.append(tensor)
-    return inputs
-
-
 def _response(answer: Any) -> dict[str, Any]:
     """A tritonclient InferResult's response as JSON, whichever transport made it."""
     if isinstance(answer, triton_grpc.InferResult):
@@ -182,7 +171,10 @@ def test_open_inference_model_version_reaches_that_version(
     first, second = version_store.first, version_store.second
     for asked, answered in ((first, first), (second, second), ("challenger", second), ("", first)):
         answer = client.infer(
-            "churn", _triton_inputs(module, rows), model_version=asked, headers=dict(AUTH)
+            "churn",
+            infer_inputs(module, "churn", rows, binary=True),
+            model_version=asked,
+            headers=dict(AUTH),
         )
         assert _response(answer)["model_version"] == answered
         np.testing.assert_allclose(
@@ -190,7 +182,10 @@ def test_open_inference_model_version_reaches_that_version(
         )
     with pytest.raises(InferenceServerException, match="no version or alias"):
         client.infer(
-            "churn", _triton_inputs(module, rows), model_version="nope", headers=dict(AUTH)
+            "churn",
+            infer_inputs(module, "churn", rows, binary=True),
+            model_version="nope",
+            headers=dict(AUTH),
         )
     assert client.is_model_ready("churn", second, headers=dict(AUTH))
     if transport == "grpc":  # the protocol's NOT_FOUND, which tritonclient raises
