@@ -47,9 +47,8 @@ def _results(our_highest_rate: float = 1700) -> tuple[list[dict[str, Any]], dict
     extras = {
         "ceilings": [{"name": "xgboost inplace_predict", "single_row_per_s": 8600,
                       "batch_rows_per_s": 556_000}],
-        "batch_rows_per_s": 300_000,
-        "batch_rows_per_s_grpc": 250_000,
-        "big_batch_rows_per_s_oip": 400_000,
+        "batches": {"tabserve": {"batch_rows_per_s": 300_000, "batch_rows_per_s_grpc": 250_000,
+                                 "big_batch_rows_per_s_oip": 400_000}},
         "open_loop": [
             _open("tabserve", 10, 1.2), _open("tabserve", 50, 1.4), _open("tabserve", 100, 0.9),
             _open("flask-dev", 10, 3.0), _open("flask-dev", 50, 2.0),
@@ -62,13 +61,18 @@ def _results(our_highest_rate: float = 1700) -> tuple[list[dict[str, Any]], dict
     return runs, extras
 
 
+_CONTEXT = {"started": "now", "load_before": (0, 0, 0), "load_after": (0, 0, 0), "cores": 2,
+            "seconds": {1: 10, 32: 15}, "repeats": 1, "peers": {}, "open_seconds": 8,
+            "lone_seconds": 5}  # fmt: skip
+
+
 def _verdicts(runs: list[dict[str, Any]], extras: dict[str, Any]) -> dict[str, str]:
     return {row.target: row.verdict for row in target_rows(summarize(runs), "tabserve", extras)}
 
 
 def test_a_target_the_run_did_not_measure_is_listed_as_not_measured() -> None:
     runs, extras = _results()
-    del extras["batch_rows_per_s_grpc"]
+    del extras["batches"]["tabserve"]["batch_rows_per_s_grpc"]
     target = "1000-row requests over OIP gRPC: >= 50% of in-process rows/s"
     assert _verdicts(runs, extras)[target] == NOT_MEASURED
 
@@ -113,10 +117,7 @@ def test_a_highest_rate_short_of_the_target_where_our_client_gave_out_is_undecid
 
 def test_the_report_holds_every_table_and_the_open_loop_plot_is_written(tmp_path: Path) -> None:
     runs, extras = _results()
-    context = {"started": "now", "load_before": (0, 0, 0), "load_after": (0, 0, 0), "cores": 2,
-               "seconds": {1: 10, 32: 15}, "repeats": 1, "peers": {}, "open_seconds": 8,
-               "lone_seconds": 5}  # fmt: skip
-    report = markdown(runs, "tabserve", extras, context)
+    report = markdown(runs, ["tabserve"], extras, _CONTEXT)
     assert "| tabserve | after 32 users | 500 | 400 | 3.00 | 4.50 | 7.0 | 0 |" in report
     assert "| tabserve | 100 | 100 | 2.0 | 9.0 | 12 | 0 | 0.90 | 0.20 (10%) | 0.5 | yes |" in report
     searched = "- flask-gunicorn: highest rate with p99 <= 50 ms 800 req/s; 832 req/s did not"
@@ -124,3 +125,29 @@ def test_the_report_holds_every_table_and_the_open_loop_plot_is_written(tmp_path
     assert "| ready <= 5 s after start | 4.6 s (slowest start) | - | PASS |" in report
     plot_open_loop(extras["open_loop"], tmp_path / "openloop.png")
     assert (tmp_path / "openloop.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_our_other_variant_is_not_a_peer_and_gets_its_own_targets_table() -> None:
+    """Split and inline modes run side by side: neither is the other's "best peer"."""
+    runs, extras = _results()
+    runs.append(_run("tabserve-inline", 32, 9000, 30))  # faster than anything else
+    extras["searches"].append(_search("tabserve-inline", 5000))
+    extras["batches"]["tabserve-inline"] = {"batch_rows_per_s": 100_000}
+    rows = {
+        row.target: row
+        for row in target_rows(summarize(runs), "tabserve", extras, others=["tabserve-inline"])
+    }
+    assert rows["32 users: >= 2x the best peer's req/s"].versus == (
+        "flask-gunicorn: 1200 req/s (2.08x)"
+    )
+    highest = rows["highest open-loop rate with p99 <= 50 ms: >= 2x the best peer's"]
+    assert highest.versus == "flask-gunicorn: 800 req/s (2.12x)"
+    report = markdown(runs, ["tabserve", "tabserve-inline"], extras, _CONTEXT)
+    assert "Targets of the issue for tabserve, all from this run:" in report
+    assert "Targets of the issue for tabserve-inline, all from this run:" in report
+    inline_v1 = "| 1000-row requests over V1: >= 50% of in-process rows/s | 100000 rows/s (18%) |"
+    assert inline_v1 in report
+    inline_32 = (
+        "| tabserve-inline | 32 | 9000 (9000) | 15 | 30 | 30 | 1.00 | 0 | 480 / 400 | 4.6 | 7.50x |"
+    )
+    assert inline_32 in report

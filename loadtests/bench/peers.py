@@ -22,6 +22,16 @@ MLSERVER_BIN = PROJECT / "build" / "mlserver-venv" / "bin"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # MLServer's adaptive batching, as Seldon's docs configure it: up to 32 rows or 5 ms.
 MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.005}
+# tabserve's production settings (those of the chart).
+TABSERVE_ENV = {
+    **ONE_THREAD,
+    "TABSERVE_API_WORKERS": "1",
+    "TABSERVE_RUNNER_WORKERS": "1",
+    "TABSERVE_MODEL_THREADS": "1",
+    # The 10,000-row target's requests (the default limit is 1000 rows); a limit only, it
+    # changes nothing for smaller requests.
+    "TABSERVE_MAX_INSTANCES": "10000",
+}
 
 
 @dataclass(frozen=True)
@@ -106,15 +116,18 @@ def all_peers(model_file: Path) -> list[Peer]:
             "/readyz",
             "/v1/models/churn:predict",
             v1_bodies,
-            env={
-                **ONE_THREAD,
-                "TABSERVE_API_WORKERS": "1",
-                "TABSERVE_RUNNER_WORKERS": "1",
-                "TABSERVE_MODEL_THREADS": "1",
-                # The 10,000-row target's requests (the default limit is 1000 rows); a limit
-                # only, it changes nothing for smaller requests.
-                "TABSERVE_MAX_INSTANCES": "10000",
-            },
+            env=TABSERVE_ENV,
+            ours=True,
+        ),
+        Peer(
+            "tabserve-inline",
+            "this project in inline mode (TABSERVE_INLINE_MODELS=true): the models in the one "
+            "API worker, no runner process; otherwise the same settings",
+            _tabserve,
+            "/readyz",
+            "/v1/models/churn:predict",
+            v1_bodies,
+            env={**TABSERVE_ENV, "TABSERVE_INLINE_MODELS": "true"},
             ours=True,
         ),
         Peer(

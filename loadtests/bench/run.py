@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "lone": [],  # one closed-loop user: fresh, and right after the 32 users
         "open_loop": [],  # every open-loop run, sweep and search
         "searches": [],  # the highest rate with p99 <= 50 ms, per server
+        "batches": {},  # each of our variants: rows/s of large requests (batch_rows_per_s)
     }
     runs: list[dict[str, Any]] = []
     for repeat in range(1, args.repeats + 1):
@@ -234,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                     extras["open_loop"] += records
                     extras["searches"].append(search)
                 if peer.ours and last:
-                    extras |= batch_rows_per_s(server)
+                    extras["batches"][peer.name] = batch_rows_per_s(server)
                 server.memory.stop()
     context["load_after"] = os.getloadavg()
-    ours = next(peer.name for peer in peers if peer.ours) if any(p.ours for p in peers) else ""
+    ours = [peer.name for peer in peers if peer.ours]
     (out / "results.json").write_text(
         json.dumps({"context": context, "extras": extras, "runs": runs}, indent=2)
     )

@@ -4,7 +4,7 @@ measure is listed as "not measured", never left out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +131,10 @@ def _highest_rate(searches: list[dict[str, Any]], ours: str) -> Row:
     return row
 
 
-def _batches(extras: dict[str, Any]) -> list[Row]:
+def _batches(extras: dict[str, Any], ours: str) -> list[Row]:
     """run.py's sequential large requests to our server against the in-process rate."""
     ceiling = extras["ceilings"][0]  # XGBoost's inplace_predict on a ready array
+    measured_rates = extras.get("batches", {}).get(ours, {})
     rows = []
     for key, requests, share in (
         ("batch_rows_per_s", "1000-row requests over V1", BATCH_SHARE),
@@ -141,12 +142,12 @@ def _batches(extras: dict[str, Any]) -> list[Row]:
         ("big_batch_rows_per_s_oip", "10,000-row requests over OIP binary", BIG_BATCH_SHARE),
     ):
         target = f"{requests}: >= {share:.0%} of in-process rows/s"
-        if key not in extras:
+        if key not in measured_rates:
             rows.append(_unmeasured(target))
             continue
-        ratio = extras[key] / ceiling["batch_rows_per_s"]
+        ratio = measured_rates[key] / ceiling["batch_rows_per_s"]
         versus = f"in-process {ceiling['name']}: {ceiling['batch_rows_per_s']:.0f} rows/s"
-        measured = f"{extras[key]:.0f} rows/s ({ratio:.0%})"
+        measured = f"{measured_rates[key]:.0f} rows/s ({ratio:.0%})"
         rows.append(Row(target, measured, versus, _verdict(ratio >= share)))
     return rows
 
@@ -165,19 +166,25 @@ def _memory_and_ready(summaries: Iterable[Any], ours: str) -> list[Row]:
     ]
 
 
-def target_rows(summaries: list[Any], ours: str, extras: dict[str, Any]) -> list[Row]:
-    """Every target of the issue, in its order. `summaries`: report.Summary per (peer, users)."""
+def target_rows(
+    summaries: list[Any], ours: str, extras: dict[str, Any], others: Collection[str] = ()
+) -> list[Row]:
+    """Every target of the issue for our server `ours`, in the issue's order. `summaries`:
+    report.Summary per (peer, users); `others`: our other variants in the run (split and inline
+    modes), which are not the peers a ratio is taken against."""
+    summaries = [s for s in summaries if s.peer not in others]
+    searches = [s for s in extras.get("searches", []) if s["peer"] not in others]
     return [
         *_lone_cpu(extras.get("open_loop", []), ours),
         *_lone_latency(extras.get("lone", []), ours),
         *_closed_32(summaries, ours),
-        _highest_rate(extras.get("searches", []), ours),
-        *_batches(extras),
+        _highest_rate(searches, ours),
+        *_batches(extras, ours),
         *_memory_and_ready(summaries, ours),
     ]
 
 
-def table(rows: list[Row]) -> list[str]:
-    lines = ["| target | tabserve | compared with (ratio) | verdict |", "|---|---|---|---|"]
+def table(rows: list[Row], ours: str) -> list[str]:
+    lines = [f"| target | {ours} | compared with (ratio) | verdict |", "|---|---|---|---|"]
     lines += [f"| {r.target} | {r.measured} | {r.versus} | {r.verdict} |" for r in rows]
     return lines
