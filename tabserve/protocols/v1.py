@@ -26,6 +26,7 @@ from tabserve.catalog import MODELS, ModelSpec
 from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.errors import InvalidInput, UriTooLong
 from tabserve.instances import instance_from_text, refusals_counted, rows_from_body
+from tabserve.large_bodies import rows_from_json
 from tabserve.protocols.http import dataplane, read_json_body
 from tabserve.schemas import ErrorDetail, ErrorResponse, Row, request_model
 from tabserve.settings import get_settings
@@ -194,7 +195,7 @@ async def _rows(spec: ModelSpec, request: Request) -> list[Row]:
     """A POST body's instances, validated (counted when refused)."""
     body = await read_json_body(request)
     with refusals_counted(spec.name):
-        return rows_from_body(spec.name, body)
+        return await rows_from_json(spec.name, body)
 
 
 def _predict_endpoint(spec: ModelSpec, versioned: bool) -> Callable[..., Awaitable[Response]]:

@@ -1,0 +1,71 @@
+"""Large V1 bodies validated in slices, so a 1000-row request does not hold the event loop.
+
+An API worker is one event loop: while it validates a body, nothing else on it runs. The schema
+validates a body in one call that holds the loop (and the GIL, so a thread would not free it)
+from start to end: 4-8 ms for 1000 churn rows, and every single-row request arriving meanwhile
+waits that long. A body over `large_body_bytes` is therefore cut, without parsing it, between
+the instances of `{"instances": [...]}`, and validated from its own JSON text
+`validation_slice_rows` instances at a time, the loop running other requests between slices.
+
+Each slice is a stretch of the body's own bytes, so it parses as it does within the body. A cut
+the byte search misplaced (`}, {` inside a text, or between nested objects) leaves the slice
+before it with an open string or bracket: not JSON, refused. Slices only take the happy path:
+anything else (another shape, a misplaced cut, more than max_instances instances, a value the
+schema refuses) hands the whole body to `rows_from_body`, which refuses it exactly as it refuses
+a small body: same status, same fields, same reasons. A bad large body costs its check twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections.abc import Iterator
+
+from pydantic import ValidationError
+
+from tabserve.instances import rows_from_body, rows_from_request
+from tabserve.schemas import Row, request_model
+from tabserve.settings import get_settings
+
+_SPACE = rb"[ \t\n\r]*"  # JSON's whitespace (\s would also take \f and \v)
+_OPEN = re.compile(rb'%s\{%s"instances"%s:%s\[%s' % ((_SPACE,) * 5))
+_CLOSE = re.compile(rb"\]%s\}%s" % (_SPACE, _SPACE))
+_BETWEEN = re.compile(rb"\}%s,%s\{" % (_SPACE, _SPACE))  # one instance ends, the next begins
+
+
+class _NotSliceable(Exception):
+    """The body is not `{"instances": [...]}` of at most max_instances valid instances."""
+
+
+async def rows_from_json(model_name: str, body: bytes) -> list[Row]:
+    """`rows_from_body(model_name, body)`, the same rows or the same refusal, with the event
+    loop free between slices of a large body's instances."""
+    settings = get_settings()
+    if len(body) <= settings.large_body_bytes:
+        return rows_from_body(model_name, body)
+    model = request_model(model_name)
+    rows: list[Row] = []
+    try:
+        for instances in _slices(body, settings.validation_slice_rows):
+            request = model.model_validate_json(b'{"instances":[%s]}' % instances)
+            rows += rows_from_request(model_name, request)
+            if len(rows) > settings.max_instances:
+                raise _NotSliceable
+            await asyncio.sleep(0)  # the requests that arrived during this slice run now
+    except (_NotSliceable, ValidationError):
+        return rows_from_body(model_name, body)  # names every problem, body-wide
+    return rows
+
+
+def _slices(body: bytes, size: int) -> Iterator[bytes]:
+    """The JSON text of the body's instances, `size` at a time (fewer if a cut is misplaced)."""
+    opening, end = _OPEN.match(body), body.rfind(b"]")  # the last `]` closes the instances
+    if opening is None or end < opening.end() or not _CLOSE.fullmatch(body, end):
+        raise _NotSliceable
+    start = opening.end()
+    # Every size-th cut, found as the slices are asked for: a bad first slice costs no search.
+    for cut in itertools.islice(_BETWEEN.finditer(body, start, end), size - 1, None, size):
+        yield body[start : cut.start() + 1]
+        start = cut.end() - 1
+    yield body[start:end]
