@@ -6,6 +6,9 @@ from start to end: 4-8 ms for 1000 churn rows, and every single-row request arri
 waits that long. A body over `large_body_bytes` is therefore cut, without parsing it, between
 the instances of `{"instances": [...]}`, and validated from its own JSON text
 `validation_slice_rows` instances at a time, the loop running other requests between slices.
+At most `large_bodies_at_once` large bodies are validated at a time per event loop, the others
+waiting their turn without holding it: each turn of the loop then holds at most that many slices,
+however many large requests arrive together.
 
 Each slice is a stretch of the body's own bytes, so it parses as it does within the body. A cut
 the byte search misplaced (`}, {` inside a text, or between nested objects) leaves the slice
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import weakref
 from collections.abc import Iterator
 
 from pydantic import ValidationError
@@ -46,16 +50,32 @@ async def rows_from_json(model_name: str, body: bytes) -> list[Row]:
         return rows_from_body(model_name, body)
     model = request_model(model_name)
     rows: list[Row] = []
-    try:
-        for instances in _slices(body, settings.validation_slice_rows):
-            request = model.model_validate_json(b'{"instances":[%s]}' % instances)
-            rows += rows_from_request(model_name, request)
-            if len(rows) > settings.max_instances:
-                raise _NotSliceable
-            await asyncio.sleep(0)  # the requests that arrived during this slice run now
-    except (_NotSliceable, ValidationError):
-        return rows_from_body(model_name, body)  # names every problem, body-wide
+    async with _turns():
+        try:
+            for instances in _slices(body, settings.validation_slice_rows):
+                request = model.model_validate_json(b'{"instances":[%s]}' % instances)
+                rows += rows_from_request(model_name, request)
+                if len(rows) > settings.max_instances:
+                    raise _NotSliceable
+                await asyncio.sleep(0)  # the requests that arrived during this slice run now
+        except (_NotSliceable, ValidationError):
+            return rows_from_body(model_name, body)  # names every problem, body-wide
     return rows
+
+
+# One semaphore per event loop: an asyncio primitive belongs to the loop that first waits on it.
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turns() -> asyncio.Semaphore:
+    """This event loop's slots for large bodies (`large_bodies_at_once`)."""
+    loop = asyncio.get_running_loop()
+    turns = _TURNS.get(loop)
+    if turns is None:
+        turns = _TURNS[loop] = asyncio.Semaphore(get_settings().large_bodies_at_once)
+    return turns
 
 
 def _slices(body: bytes, size: int) -> Iterator[bytes]:

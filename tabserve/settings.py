@@ -200,6 +200,13 @@ class Settings(BaseSettings):
         description="Instances of a large body validated at a time (~0.4 ms for 100 churn rows): "
         "the longest the event loop is held by one slice.",
     )
+    large_bodies_at_once: int = Field(
+        1,
+        ge=1,
+        description="Large bodies an API worker validates at a time; the others wait their "
+        "turn without holding the event loop, so each turn of the loop holds at most this many "
+        "slices however many large requests arrive together.",
+    )
 
     # --- per-request logging --------------------------------------------------------------------
     access_log: bool = Field(

@@ -17,23 +17,26 @@ from tabserve.large_bodies import rows_from_json
 from tabserve.settings import Settings
 from tests.data import instances
 
-SETTINGS = Settings()
-CHURN = instances("churn", SETTINGS.max_instances)
-
 
 def _body(payload: Any, **dumps: Any) -> bytes:
     return json.dumps(payload, **dumps).encode()
 
 
+SETTINGS = Settings()
+CHURN = instances("churn", SETTINGS.max_instances)
+CHURN_ROW = _body({"instances": CHURN[:1]})
+
+
+async def _validate(name: str, body: bytes, finished: list[str]) -> None:
+    await rows_from_json("churn", body)
+    finished.append(name)
+
+
 def test_a_single_row_is_validated_while_a_large_body_is_being_validated() -> None:
-    large, single = _body({"instances": CHURN}), _body({"instances": CHURN[:1]})
+    large, single = _body({"instances": CHURN}), CHURN_ROW
     assert len(large) > SETTINGS.large_body_bytes >= len(single)
     finished: list[str] = []
     turns_during_large = 0
-
-    async def validate(name: str, body: bytes) -> None:
-        await rows_from_json("churn", body)
-        finished.append(name)
 
     async def other_requests() -> None:  # stands for whatever else the event loop serves
         nonlocal turns_during_large
@@ -43,12 +46,35 @@ def test_a_single_row_is_validated_while_a_large_body_is_being_validated() -> No
 
     async def main() -> None:
         # The large body starts first; validated whole, it would finish before anything else ran.
-        await asyncio.gather(validate("large", large), validate("single", single), other_requests())
+        await asyncio.gather(
+            _validate("large", large, finished),
+            _validate("single", single, finished),
+            other_requests(),
+        )
 
     asyncio.run(main())
     assert finished == ["single", "large"]
     slices = -(-SETTINGS.max_instances // SETTINGS.validation_slice_rows)
     assert turns_during_large >= slices - 1
+
+
+def test_large_bodies_are_validated_one_at_a_time_without_holding_the_loop() -> None:
+    assert SETTINGS.large_bodies_at_once == 1
+    first, second = _body({"instances": CHURN}), _body({"instances": CHURN[:300]})
+    assert len(second) > SETTINGS.large_body_bytes
+    finished: list[str] = []
+
+    async def main() -> None:
+        # Side by side, the second (fewer slices) would finish first; it waits its turn instead,
+        # while a single row goes ahead of both.
+        await asyncio.gather(
+            _validate("first", first, finished),
+            _validate("second", second, finished),
+            _validate("single", CHURN_ROW, finished),
+        )
+
+    asyncio.run(main())
+    assert finished == ["single", "first", "second"]
 
 
 def _spam(text: str) -> dict[str, str]:
