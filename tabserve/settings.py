@@ -189,16 +189,15 @@ class Settings(BaseSettings):
     large_body_bytes: int = Field(
         65536,
         ge=0,
-        description="A V1 body larger than this is validated in slices of validation_slice_rows "
-        "instances, the event loop answering other requests between slices: validated whole, "
-        "1000 rows held it 4-8 ms and the single rows behind them waited. Smaller bodies are "
-        "validated in one call, which costs half as much CPU per row.",
+        description="A V1 body larger than this is validated in slices of slice_rows instances, "
+        "the event loop answering other requests between slices: validated whole, 1000 rows "
+        "held it 4-8 ms and the single rows behind them waited.",
     )
-    validation_slice_rows: int = Field(
+    slice_rows: int = Field(
         100,
         ge=1,
-        description="Instances of a large body validated at a time (~0.4 ms for 100 churn rows): "
-        "the longest the event loop is held by one slice.",
+        description="Rows of a large V1 request validated, and of its answer built, at a time "
+        "(~0.5 ms for 100 churn rows): the longest one slice holds the event loop.",
     )
     large_bodies_at_once: int = Field(
         1,

@@ -1,6 +1,6 @@
-"""Large V1 bodies are validated in slices (tabserve/large_bodies.py): a single row is answered
-while a 1000-row body is being validated, and every large body gets exactly the rows, or the
-refusal, that validating it whole gives."""
+"""Large V1 requests are validated and answered in slices (tabserve/large_bodies.py): a single
+row is validated and answered while 1000 rows are, and every large body gets exactly the rows,
+or the refusal, that validating it whole gives."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import json
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from starlette.responses import Response
 
+from tabserve.catalog import MODELS
+from tabserve.dataplane import Predictions
 from tabserve.errors import ServingError
 from tabserve.instances import rows_from_body
 from tabserve.large_bodies import rows_from_json
+from tabserve.protocols import v1
 from tabserve.settings import Settings
 from tests.data import instances
 
@@ -54,7 +59,7 @@ def test_a_single_row_is_validated_while_a_large_body_is_being_validated() -> No
 
     asyncio.run(main())
     assert finished == ["single", "large"]
-    slices = -(-SETTINGS.max_instances // SETTINGS.validation_slice_rows)
+    slices = -(-SETTINGS.max_instances // SETTINGS.slice_rows)
     assert turns_during_large >= slices - 1
 
 
@@ -75,6 +80,30 @@ def test_large_bodies_are_validated_one_at_a_time_without_holding_the_loop() -> 
 
     asyncio.run(main())
     assert finished == ["single", "first", "second"]
+
+
+def _scores(rows: int) -> Predictions:
+    probabilities = np.random.default_rng(rows).dirichlet([1, 1], size=rows)
+    return Predictions(MODELS["churn"], "churn:test", probabilities, probabilities.argmax(axis=1))
+
+
+def test_a_large_answer_is_built_while_a_single_row_is_answered() -> None:
+    large, single = _scores(SETTINGS.max_instances), _scores(1)
+    finished: list[str] = []
+
+    async def answer(name: str, scores: Predictions) -> Response:
+        response = await v1._answer(scores)
+        finished.append(name)
+        return response
+
+    async def main() -> list[Response]:
+        return await asyncio.gather(answer("large", large), answer("single", single))
+
+    large_answer, _ = asyncio.run(main())
+    assert finished == ["single", "large"]
+    predictions = json.loads(large_answer.body)["predictions"]
+    assert [p["label"] for p in predictions] == large.labels
+    assert [list(p["probabilities"].values()) for p in predictions] == large.probabilities.tolist()
 
 
 def _spam(text: str) -> dict[str, str]:
