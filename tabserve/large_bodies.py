@@ -53,7 +53,7 @@ async def rows_from_json(model_name: str, body: bytes) -> list[Row]:
         return rows_from_body(model_name, body)
     model = request_model(model_name)
     rows: list[Row] = []
-    async with _turns():
+    async with _large_body_slots():
         try:
             async for instances in in_turns(_slices(body, settings.slice_rows)):
                 request = model.model_validate_json(b'{"instances":[%s]}' % instances)
@@ -81,18 +81,18 @@ def row_slices(rows: Sequence[T]) -> Iterator[Sequence[T]]:
 
 
 # One semaphore per event loop: an asyncio primitive belongs to the loop that first waits on it.
-_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _turns() -> asyncio.Semaphore:
+def _large_body_slots() -> asyncio.Semaphore:
     """This event loop's slots for large bodies (`large_bodies_at_once`)."""
     loop = asyncio.get_running_loop()
-    turns = _TURNS.get(loop)
-    if turns is None:
-        turns = _TURNS[loop] = asyncio.Semaphore(get_settings().large_bodies_at_once)
-    return turns
+    slots = _SLOTS.get(loop)
+    if slots is None:
+        slots = _SLOTS[loop] = asyncio.Semaphore(get_settings().large_bodies_at_once)
+    return slots
 
 
 def _slices(body: bytes, size: int) -> Iterator[bytes]:
