@@ -35,6 +35,7 @@ from tabserve.catalog import ModelSpec
 from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.features import Feature, Kind
 from tabserve.instances import refusals_counted, rows_from_body
+from tabserve.model_input import from_rows
 from tabserve.protocols.tensors import (
     FLOAT_TYPES,
     INTEGER_TYPES,
@@ -178,7 +179,7 @@ class OpenInference:
             answer = explained = await self.plane.explain(spec, rows, version)
             outputs = {**_output_tensors(explained), **_contributions(explained)}
         else:
-            answer = await self.plane.predict(spec, rows, version)
+            answer = await self.plane.predict(spec, from_rows(spec, rows), version)
             outputs = _output_tensors(answer)
         return InferenceResponse(
             model_name=spec.name,

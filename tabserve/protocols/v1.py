@@ -26,6 +26,7 @@ from tabserve.catalog import MODELS, ModelSpec
 from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.errors import InvalidInput, UriTooLong
 from tabserve.instances import instance_from_text, refusals_counted, rows_from_body
+from tabserve.model_input import from_rows
 from tabserve.protocols.http import dataplane, read_json_body
 from tabserve.schemas import ErrorDetail, ErrorResponse, Row, request_model
 from tabserve.settings import get_settings
@@ -199,7 +200,8 @@ async def _rows(spec: ModelSpec, request: Request) -> list[Row]:
 
 def _predict_endpoint(spec: ModelSpec, versioned: bool) -> Callable[..., Awaitable[Response]]:
     async def predict(request: Request, plane: Plane) -> Response:
-        return _answer(await plane.predict(spec, await _rows(spec, request), _version(request)))
+        features = from_rows(spec, await _rows(spec, request))
+        return _answer(await plane.predict(spec, features, _version(request)))
 
     predict.__name__ = f"predict_{spec.name}{'_version' if versioned else ''}"
     return predict
@@ -294,7 +296,7 @@ async def predict_from_query(model_name: str, request: Request, plane: Plane) ->
         raise UriTooLong.at("query", f"{size} bytes; the limit is {limit} (send a POST body)")
     with refusals_counted(spec.name):
         rows = rows_from_body(spec.name, {"instances": [_query_instance(spec, request)]})
-    return _answer(await plane.predict(spec, rows))
+    return _answer(await plane.predict(spec, from_rows(spec, rows)))
 
 
 def _query_instance(spec: ModelSpec, request: Request) -> dict[str, Any]:
