@@ -1,9 +1,10 @@
 """The data plane: validated rows in, predictions out, whatever protocol carried them.
 
 Every protocol front end (V1 REST, the Open Inference Protocol over REST and gRPC, TabPy) turns
-its request into rows (tabserve.instances validates them), calls this one object, and renders
-its `Predictions` in its own shape. service.py makes one per API worker and hands it to the routes
-(app state) and to the gRPC server.
+its request into the model's input array (tabserve/model_input.py; validated by
+tabserve.instances, or column by column by tabserve/columns.py), calls this one object, and
+renders its `Predictions` in its own shape. service.py makes one per API worker and hands it to
+the routes (app state) and to the gRPC server.
 """
 
 from __future__ import annotations

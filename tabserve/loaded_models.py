@@ -97,15 +97,15 @@ class LoadedModels:
         period makes rare) scores NaN: the batch's other requests still get their answers, and
         that request is told to retry."""
         versions = self.loaded[model_name]
-        names, features = batch[model_input.VERSION], batch[model_input.FEATURES]
-        first = names[0].decode()
+        names, features = model_input.unversioned(batch)
+        first = names[0]
         with metrics.inference_timer(model_name, len(batch)):
-            if first in versions and (names == names[0]).all():
+            if first in versions and (names == first).all():
                 # Nearly always: one version per batch, the model's answer as it is.
                 return versions[first].predict_proba(features)
             answer = np.full((len(batch), len(self._specs[model_name].class_names)), np.nan)
             for name in np.unique(names):
-                model = versions.get(name.decode())
+                model = versions.get(name)
                 if model is not None:
                     positions = np.flatnonzero(names == name)
                     answer[positions] = model.predict_proba(features[positions])

@@ -3,9 +3,11 @@ of a model's features to tensors.
 
 Both transports resolve the model (`DataPlane.spec`), decode their wire format into the neutral
 objects here (`Tensor` from tabserve.protocols.tensors, `InferenceRequest`) inside
-`refusals_counted`, and call `OpenInference`; it maps tensors to the model's rows, validates the
-feature values with the model's own pydantic schema, calls the data plane and maps the answer
-back to tensors. No transport touches a schema or calls the data plane's prediction itself.
+`refusals_counted`, and call `OpenInference`; it maps tensors to the model's feature columns,
+checks them vectorised with the rules of the model's schema (tabserve/columns.py; a request that
+fails goes through the schema itself, for its messages), calls the data plane with the model's
+input array and maps the answer back to tensors. No transport touches a schema or calls the data
+plane's prediction itself.
 
 How a model's features map to tensors (docs/protocols.md has the full table):
 * one input tensor per feature, named after it, shape [N] or [N, 1] (one value per row);
