@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -75,12 +76,16 @@ def versioned(version: str, features: np.ndarray) -> np.ndarray:
     rows, width = features.shape
     if features.dtype == _OBJECT:
         return np.column_stack([np.full(rows, version, dtype=_OBJECT), features])
-    batch = np.empty(
-        rows, dtype=[(_VERSION, f"U{max(len(version), 1)}"), (_FEATURES, features.dtype, (width,))]
-    )
+    batch = np.empty(rows, dtype=_record_type(max(len(version), 1), features.dtype, width))
     batch[_VERSION] = version
     batch[_FEATURES] = features
     return batch
+
+
+@cache
+def _record_type(version_length: int, features: np.dtype, width: int) -> np.dtype:
+    # Made once per shape: building a structured dtype costs more than the rest of a one-row call.
+    return np.dtype([(_VERSION, f"U{version_length}"), (_FEATURES, features, (width,))])
 
 
 def unversioned(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
