@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ def _message(error: ServingError) -> tuple[str, list[tuple[str, str]]]:
     return error.message, [(detail.field, detail.reason) for detail in error.details]
 
 
+@cache  # reading a dataset costs ~40 ms: the random test reuses 5 samples per model
 def _row_of(model: str, seed: int) -> list[dict[str, Any]]:
     return instances(model, ROWS, seed=seed)
 
