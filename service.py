@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import bentoml
+import numpy as np
 
 from tabserve import bentoml_runtime, metrics, payloads
 from tabserve.admission import AdmissionMiddleware
@@ -35,7 +36,7 @@ from tabserve.payloads import PayloadLog
 from tabserve.protocols.http import serve_with
 from tabserve.protocols.oip import OpenInference
 from tabserve.request_context import RequestContextMiddleware
-from tabserve.schemas import RepositoryAnswer, Row, VersionedRow
+from tabserve.schemas import RepositoryAnswer, Row
 from tabserve.security_headers import SecurityHeadersMiddleware
 from tabserve.settings import get_settings
 
@@ -100,8 +101,10 @@ def _load_models() -> LoadedModels:
 
 
 def _batched_predict(model_name: str) -> bentoml.api:
-    def predict(self: ModelRunner, rows: list[VersionedRow]) -> bentoml_runtime.JsonArray:
-        return self.models.predict_proba(model_name, rows)
+    # A versioned batch (tabserve/model_input.py): a numpy array, which BentoML takes as it is
+    # (pickled as raw bytes, not validated row by row) and concatenates with the other calls'.
+    def predict(self: ModelRunner, batch: np.ndarray) -> bentoml_runtime.JsonArray:
+        return self.models.predict_proba(model_name, batch)
 
     predict.__name__ = runner_api_name(model_name)
     return bentoml.api(

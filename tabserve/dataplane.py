@@ -1,9 +1,10 @@
 """The data plane: validated rows in, predictions out, whatever protocol carried them.
 
 Every protocol front end (V1 REST, the Open Inference Protocol over REST and gRPC, TabPy) turns
-its request into rows (tabserve.instances validates them), calls this one object, and renders
-its `Predictions` in its own shape. service.py makes one per API worker and hands it to the routes
-(app state) and to the gRPC server.
+its request into the model's input array (tabserve/model_input.py; validated by
+tabserve.instances, or column by column by tabserve/columns.py), calls this one object, and
+renders its `Predictions` in its own shape. service.py makes one per API worker and hands it to
+the routes (app state) and to the gRPC server.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tabserve.errors import (
     repository_refusal,
 )
 from tabserve.instances import refusals_counted
+from tabserve.model_input import versioned
 from tabserve.model_versions import ModelVersions
 from tabserve.payloads import PayloadLog
 from tabserve.runner_calls import MergedCalls, call_with_retries, within_deadline
@@ -218,31 +220,36 @@ class DataPlane:
         return (await self.model_versions(spec)).resolve(version)
 
     # --- prediction -------------------------------------------------------------------------
-    async def predict(self, spec: ModelSpec, rows: list[Row], version: str = "") -> Predictions:
-        """Validated rows (tabserve.instances) -> the probabilities of the model version the
-        request names (see `model_info`), resolved once, when the request is accepted; counted
-        as served (metrics, drift, payload log) and offered to the shadow scorer."""
+    async def predict(
+        self, spec: ModelSpec, features: np.ndarray, version: str = ""
+    ) -> Predictions:
+        """Validated rows, as the model's input array (tabserve/model_input.py) -> the
+        probabilities of the model version the request names (see `model_info`), resolved once,
+        when the request is accepted; counted as served (metrics, drift, payload log) and
+        offered to the shadow scorer."""
         info = await self.model_info(spec, version)
-        answer = await self._score(spec, info, rows)
+        answer = await self._score(spec, info, features)
         metrics.record_predictions(spec, info.tag, answer.probabilities, answer.best)
-        self._drift.observe(spec, info, rows, answer.probabilities, answer.best)
+        self._drift.observe(spec, info, features, answer.probabilities, answer.best)
         if self._payload_log is not None:
-            self._payload_log.offer(answer, rows)
+            self._payload_log.offer(answer, features)
         if self._shadow is not None:
-            self._shadow.offer(answer, rows)
+            self._shadow.offer(answer, features)
         return answer
 
-    async def _shadow_score(self, spec: ModelSpec, target: str, rows: list[Row]) -> Predictions:
-        return await self._score(spec, await self.model_info(spec, target), rows, shadow=True)
+    async def _shadow_score(
+        self, spec: ModelSpec, target: str, features: np.ndarray
+    ) -> Predictions:
+        return await self._score(spec, await self.model_info(spec, target), features, shadow=True)
 
     async def _score(
-        self, spec: ModelSpec, info: ModelInfo, rows: list[Row], shadow: bool = False
+        self, spec: ModelSpec, info: ModelInfo, features: np.ndarray, shadow: bool = False
     ) -> Predictions:
         """The rows scored by one loaded version, and nothing recorded: a prediction's own
         scoring, and the shadow scorer's."""
         with runner_faults_unavailable(self._timeout_s):
             probabilities = await self._runner_calls(spec.name, shadow).predict(
-                [(info.version, row) for row in rows]
+                versioned(info.version, features)
             )
         if np.isnan(probabilities[0, 0]):  # the runner no longer holds the version
             self._version_gone(info)

@@ -6,12 +6,14 @@ calls it and nothing else touches a model object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import bentoml
 import numpy as np
 import pandas as pd
 import xgboost
 
-from tabserve import integrity
+from tabserve import integrity, model_input
 from tabserve.catalog import ModelSpec
 from tabserve.explanations import Explanation, explainer_for
 from tabserve.schemas import ModelInfo, Row
@@ -41,22 +43,24 @@ class LoadedModel:
             spec, self._booster if spec.framework == "xgboost" else self._pipeline
         )
 
-    def _model_input(self, rows: list[Row]) -> np.ndarray | pd.DataFrame:
-        """Rows as the model takes them: a float32 matrix (XGBoost) or a DataFrame (pipeline)."""
+    def _model_input(self, rows: Sequence[Row] | np.ndarray) -> np.ndarray | pd.DataFrame:
+        """Rows, or their input array (tabserve/model_input.py), as the model takes them: a
+        float32 matrix (XGBoost) or a DataFrame (pipeline)."""
+        features = rows if isinstance(rows, np.ndarray) else model_input.from_rows(self.spec, rows)
         if self.spec.framework == "xgboost":
-            return np.asarray(rows, dtype=np.float32)
-        # Column by column from arrays: 4-7x cheaper than a frame of row tuples then converted
-        # (0.27 vs 1.8 ms for one iris row). Numbers as float64 (None -> NaN, booleans -> 0/1),
-        # so the pipeline's imputers and scalers see floats; the rest as Python objects.
-        columns = zip(*rows, strict=True)
+            return features.astype(np.float32)
+        # Column by column: numbers as float64 (None -> NaN, booleans -> 0/1), so the
+        # pipeline's imputers and scalers see floats; the rest as Python objects.
         return pd.DataFrame(
             {
-                feature.name: np.array(values, dtype=np.float64 if feature.is_numeric else object)
-                for feature, values in zip(self.spec.features, columns, strict=True)
+                feature.name: features[:, position].astype(
+                    np.float64 if feature.is_numeric else object
+                )
+                for position, feature in enumerate(self.spec.features)
             }
         )
 
-    def predict_proba(self, rows: list[Row]) -> np.ndarray:
+    def predict_proba(self, rows: Sequence[Row] | np.ndarray) -> np.ndarray:
         """(n, classes) probabilities, columns in `spec.class_names` order."""
         inputs = self._model_input(rows)
         if self.spec.framework == "xgboost":
@@ -64,7 +68,7 @@ class LoadedModel:
             return np.column_stack([1.0 - positive, positive])
         return self._pipeline.predict_proba(inputs)
 
-    def explain(self, rows: list[Row]) -> Explanation:
+    def explain(self, rows: Sequence[Row] | np.ndarray) -> Explanation:
         """Each feature's contribution to the margin of each explained class (explanations.py);
         the caller bounds the number of rows."""
         return self._explainer.explain(self._model_input(rows))

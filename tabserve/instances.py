@@ -1,7 +1,8 @@
 """Instances, however they arrive, bounded and checked by the model's own schema into rows.
 
 Every front end ends in `rows_from_body`: V1 bodies and TabPy columns, query strings and CSV
-cells (turned into instances, feature -> value dicts, first), Open Inference tensors. So every
+cells (turned into instances, feature -> value dicts, first), Open Inference tensors that fail
+the columnar check (tabserve/columns.py: valid ones skip the rows, with the same rules). So every
 door applies the same limits and the same rules, and names a bad value the same way
 (`instances[i].<feature>`); and every door decodes and validates inside `refusals_counted`, so
 each refused request is counted once, whatever refused it. The limits come first, before any

@@ -30,10 +30,10 @@ import numpy as np
 from bentoml.exceptions import NotFound
 from threadpoolctl import threadpool_limits
 
-from tabserve import metrics
+from tabserve import metrics, model_input
 from tabserve.catalog import ModelSpec
 from tabserve.inference import LoadedModel
-from tabserve.schemas import DEFAULT_ALIAS, RepositoryAnswer, Row, VersionedRow, is_alias_name
+from tabserve.schemas import DEFAULT_ALIAS, RepositoryAnswer, Row, is_alias_name
 
 
 class RepositoryRefusal(Exception):
@@ -91,23 +91,24 @@ class LoadedModels:
     def _aliases_of(self, model_name: str, version: str) -> list[str]:
         return sorted(a for a, v in self.aliases[model_name].items() if v == version)
 
-    def predict_proba(self, model_name: str, rows: list[VersionedRow]) -> np.ndarray:
-        """Each row scored by the version it names. A version not loaded (unloaded after an API
-        worker routed to it, a race the grace period makes rare) scores NaN: the batch's other
-        requests still get their answers, and that request is told to retry."""
+    def predict_proba(self, model_name: str, batch: np.ndarray) -> np.ndarray:
+        """Each row of a versioned batch (tabserve/model_input.py) scored by the version it
+        names. A version not loaded (unloaded after an API worker routed to it, a race the grace
+        period makes rare) scores NaN: the batch's other requests still get their answers, and
+        that request is told to retry."""
         versions = self.loaded[model_name]
-        first = rows[0][0]
-        with metrics.inference_timer(model_name, len(rows)):
-            if first in versions and all(version == first for version, _ in rows):
+        names, features = model_input.unversioned(batch)
+        first = names[0]
+        with metrics.inference_timer(model_name, len(batch)):
+            if first in versions and (names == first).all():
                 # Nearly always: one version per batch, the model's answer as it is.
-                return versions[first].predict_proba([row for _, row in rows])
-            names = np.array([version for version, _ in rows], dtype=object)
-            groups = {version: np.flatnonzero(names == version) for version in set(names)}
-            answer = np.full((len(rows), len(self._specs[model_name].class_names)), np.nan)
-            for version, positions in groups.items():
-                model = versions.get(version)
+                return versions[first].predict_proba(features)
+            answer = np.full((len(batch), len(self._specs[model_name].class_names)), np.nan)
+            for name in np.unique(names):
+                model = versions.get(name)
                 if model is not None:
-                    answer[positions] = model.predict_proba([rows[i][1] for i in positions])
+                    positions = np.flatnonzero(names == name)
+                    answer[positions] = model.predict_proba(features[positions])
         return answer
 
     def explain(self, model_name: str, version: str, rows: list[Row]) -> dict[str, Any]:

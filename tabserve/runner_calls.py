@@ -33,14 +33,13 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 
-from tabserve.schemas import VersionedRow
-
 T = TypeVar("T")
-RunnerApi = Callable[[list[VersionedRow]], Awaitable[Any]]
+# A model's batched predict: a versioned batch (tabserve/model_input.py) -> its probabilities.
+RunnerApi = Callable[[np.ndarray], Awaitable[Any]]
 # Set per HTTP request by the admission middleware: true once the client has hung up.
 HungUp = Callable[[], bool]
 caller_hung_up: ContextVar[HungUp | None] = ContextVar("caller_hung_up", default=None)
-Waiting = tuple[list[VersionedRow], "asyncio.Future[np.ndarray]", HungUp | None]
+Waiting = tuple[np.ndarray, "asyncio.Future[np.ndarray]", HungUp | None]
 
 
 class CallerHungUp(Exception):
@@ -80,9 +79,9 @@ class MergedCalls:
         self._senders: set[asyncio.Task[None]] = set()  # referenced, so never collected mid-call
         self._waiting: deque[Waiting] = deque()
 
-    async def predict(self, rows: list[VersionedRow]) -> np.ndarray:
-        """(len(rows), classes) probabilities for these rows; TimeoutError when the runner did
-        not answer in time."""
+    async def predict(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), classes) probabilities for a versioned batch of rows
+        (tabserve/model_input.py); TimeoutError when the runner did not answer in time."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((rows, future, caller_hung_up.get()))
         if self._in_flight < self._max_in_flight:
@@ -101,9 +100,9 @@ class MergedCalls:
         finally:
             self._in_flight -= 1
 
-    def _take_batch(self) -> list[tuple[list[VersionedRow], asyncio.Future[np.ndarray]]]:
+    def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """The waiting requests whose callers still wait, oldest first, up to max_rows rows."""
-        batch: list[tuple[list[VersionedRow], asyncio.Future[np.ndarray]]] = []
+        batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         rows = 0
         while self._waiting and (not batch or rows + len(self._waiting[0][0]) <= self._max_rows):
             waiting, future, hung_up = self._waiting.popleft()
@@ -118,10 +117,8 @@ class MergedCalls:
             batch.append((waiting, future))
         return batch
 
-    async def _send(
-        self, batch: list[tuple[list[VersionedRow], asyncio.Future[np.ndarray]]]
-    ) -> None:
-        merged = batch[0][0] if len(batch) == 1 else [row for rows, _ in batch for row in rows]
+    async def _send(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
+        merged = batch[0][0] if len(batch) == 1 else np.concatenate([rows for rows, _ in batch])
         try:
             answer = np.asarray(
                 await within_deadline(call_with_retries(self._api, merged), self._timeout_s)

@@ -22,9 +22,6 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 
 # A row is one instance's feature values in the spec's feature order; None = not given.
 Row = tuple[Any, ...]
-# What the data plane hands the runner's batched predict: a row and the model version that is
-# to score it (requests for several versions of a model share the runner's batches).
-VersionedRow = tuple[str, Row]
 
 # The alias the unversioned routes follow; every model has it (tabserve/loaded_models.py).
 DEFAULT_ALIAS = "champion"

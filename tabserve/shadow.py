@@ -19,10 +19,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tabserve import metrics
 from tabserve.catalog import ModelSpec
 from tabserve.errors import ModelNotFound, ModelUnavailable
-from tabserve.schemas import Row
 from tabserve.settings import ShadowTarget, get_settings
 
 if TYPE_CHECKING:
@@ -32,9 +33,10 @@ __all__ = ["ShadowScore", "ShadowScorer", "ShadowTarget"]
 
 logger = logging.getLogger("tabserve.shadow")
 
-# score(spec, target, rows): the rows scored by the version `target` names (an alias or an exact
-# version); raises ModelUnavailable, ModelNotFound or TimeoutError as any data-plane call does.
-ShadowScore = Callable[[ModelSpec, str, list[Row]], Awaitable["Predictions"]]
+# score(spec, target, rows): the rows (the model's input array, tabserve/model_input.py) scored
+# by the version `target` names (an alias or an exact version); raises ModelUnavailable,
+# ModelNotFound or TimeoutError as any data-plane call does.
+ShadowScore = Callable[[ModelSpec, str, np.ndarray], Awaitable["Predictions"]]
 
 # The outcome of one shadow call that raised, as tabserve_shadow_dropped_total's reason.
 _FAILURES: tuple[tuple[type[BaseException], str], ...] = (
@@ -61,13 +63,13 @@ class ShadowScorer:
         self._score = score
         self._timeout_s = get_settings().runner_timeout_s if timeout_s is None else timeout_s
         self._random = (rng or random.Random()).random
-        self._queue: asyncio.Queue[tuple[Predictions, list[Row]]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[Predictions, np.ndarray]] = asyncio.Queue(queue_size)
         self._consumer: asyncio.Task[None] | None = None
-        self._current: tuple[Predictions, list[Row]] | None = None  # being shadowed now
+        self._current: tuple[Predictions, np.ndarray] | None = None  # being shadowed now
         self._stopped = False
         self._failing = False  # logged once when shadow calls start failing, once when back
 
-    def offer(self, primary: Predictions, rows: list[Row]) -> None:
+    def offer(self, primary: Predictions, rows: np.ndarray) -> None:
         """On the hot path, before the answer is sent: O(1), never waits, never raises."""
         target = self._targets.get(primary.spec.name)
         if target is None or self._random() >= target.fraction:
@@ -109,7 +111,7 @@ class ShadowScorer:
                 metrics.record_shadow_dropped(primary.spec.name, reason, len(rows))
             self._current = None
 
-    async def _shadow(self, primary: Predictions, rows: list[Row]) -> str | None:
+    async def _shadow(self, primary: Predictions, rows: np.ndarray) -> str | None:
         """Scores the rows by the shadow version and records the comparison; None once recorded,
         else the reason the sample was dropped. Never raises (but for cancellation): the
         consumer must outlive any one failure."""

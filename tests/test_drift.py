@@ -25,6 +25,7 @@ from tabserve.drift.reference import REFERENCE_KEY, Binning, Reference, psi, sco
 from tabserve.inference import LoadedModel
 from tabserve.instances import rows_from_instances
 from tabserve.metrics import SCORE_DRIFT_PSI, version_of
+from tabserve.model_input import from_rows
 from tabserve.schemas import ModelInfo
 from tabserve.settings import Settings
 from tests.data import instances
@@ -53,7 +54,7 @@ def _observe(monitor: DriftMonitor, name: str, chosen: list[dict[str, Any]]) -> 
     spec = MODELS[name]
     model = LoadedModel(spec, bentoml.models.get(f"{name}:latest"), threads=1)
     for chunk in chunks(iter(chosen), CHUNK):
-        rows = rows_from_instances(name, chunk)
+        rows = from_rows(spec, rows_from_instances(name, chunk))
         probabilities = model.predict_proba(rows)
         monitor.observe(spec, model.info, rows, probabilities, probabilities.argmax(axis=1))
     return version_of(model.info.tag)
@@ -117,7 +118,7 @@ def test_the_windows_counts_are_each_binnings_own(trained_store: Path, name: str
     model = LoadedModel(spec, bentoml.models.get(f"{name}:latest"), threads=1)
     reference = Reference.of_model(model.info.metadata)
     assert reference is not None
-    rows = rows_from_instances(name, instances(name, 500, seed=9))
+    rows = from_rows(spec, rows_from_instances(name, instances(name, 500, seed=9)))
     probabilities = model.predict_proba(rows)
     best = probabilities.argmax(axis=1)
     window = DriftWindow(spec, reference, window_rows=10_000)
@@ -299,6 +300,6 @@ def test_a_mangled_reference_turns_drift_off_for_the_model_not_its_requests(
     mangled_info = ModelInfo(info.name, info.tag, info.framework, metadata)
     monitor = DriftMonitor(Settings(drift_window_rows=40, drift_min_rows=1))
     assert monitor._window(spec, mangled_info) is None
-    rows = rows_from_instances("iris", instances("iris", 20))
+    rows = from_rows(spec, rows_from_instances("iris", instances("iris", 20)))
     probabilities = np.full((20, 3), 1 / 3)
     monitor.observe(spec, mangled_info, rows, probabilities, probabilities.argmax(axis=1))

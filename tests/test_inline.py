@@ -18,6 +18,7 @@ from bentoml._internal.models.model import ModelStore
 from tabserve.catalog import MODELS
 from tabserve.inline import InlineRunner
 from tabserve.loaded_models import LoadedModels
+from tabserve.model_input import from_rows, versioned
 from tests.data import expected_probabilities, instances
 from tests.model_versions import VersionStore
 from tests.oip_tensors import assert_same_answers, infer_inputs, v1_answers
@@ -138,7 +139,7 @@ def test_repository_calls_change_the_inline_models(version_store: VersionStore) 
     )
     runner = InlineRunner(models, calls_in_flight=1)
     spec = MODELS["churn"]
-    row = tuple(instances("churn", 1)[0].get(f) for f in spec.feature_names)
+    row = from_rows(spec, [tuple(instances("churn", 1)[0].get(f) for f in spec.feature_names)])
 
     async def scenario() -> None:
         loaded = await runner.load_version("churn", second)
@@ -151,7 +152,9 @@ def test_repository_calls_change_the_inline_models(version_store: VersionStore) 
         }
         unloaded = await runner.unload_version("churn", first)
         assert [v["tag"] for v in unloaded["versions"]] == [f"churn:{second}"]
-        answer = await runner.predict_churn([(second, row), (first, row)])
+        answer = await runner.predict_churn(
+            np.concatenate([versioned(second, row), versioned(first, row)])
+        )
         assert not np.isnan(answer[0]).any() and np.isnan(answer[1]).all()
         refused = await runner.unload_version("churn", second)
         assert refused["status"] == 409 and "champion" in refused["error"]

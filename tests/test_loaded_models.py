@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from tabserve.catalog import MODELS
 from tabserve.loaded_models import LoadedModels
+from tabserve.model_input import from_rows, versioned
 from tests.data import expected_probabilities, instances
 
 
@@ -31,7 +32,7 @@ def test_every_thread_pool_of_the_model_process_follows_model_threads(
             tuple(row.get(name) for name in spec.feature_names) for row in instances("admission", 5)
         ]
         np.testing.assert_allclose(
-            models.predict_proba("admission", [(version, row) for row in rows]),
+            models.predict_proba("admission", versioned(version, from_rows(spec, rows))),
             expected_probabilities("admission:latest", instances("admission", 5)),
             rtol=0,
             atol=1e-12,

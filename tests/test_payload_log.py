@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.local_process import free_port
 from tabserve.catalog import MODELS
+from tabserve.model_input import from_rows
 from tabserve.payloads.files import FileSink
 from tabserve.payloads.records import Payload
 from tests.data import instances
@@ -432,7 +433,7 @@ def _payload(model: str, rows: list[dict[str, Any]], request_id: str) -> Payload
         request_id=request_id,
         protocol="v1",
         latency_ms=1.0,
-        rows=[tuple(row.get(name) for name in spec.feature_names) for row in rows],
+        rows=from_rows(spec, [tuple(row.get(name) for name in spec.feature_names) for row in rows]),
         labels=[spec.class_names[0]] * len(rows),
         probabilities=probabilities,
     )

@@ -22,7 +22,6 @@ from prometheus_client.samples import Sample
 from tabserve.catalog import MODELS, ModelSpec
 from tabserve.dataplane import Predictions
 from tabserve.errors import ModelNotFound, ModelUnavailable
-from tabserve.schemas import Row
 from tabserve.settings import get_settings
 from tabserve.shadow import ShadowScorer, ShadowTarget
 from tests.declared_metrics import SHADOW
@@ -50,9 +49,9 @@ def answer(spec: ModelSpec, tag: str, probabilities: list[list[float]]) -> Predi
     return Predictions(spec, tag, array, array.argmax(axis=1))
 
 
-def rows(count: int) -> list[Row]:
-    """Row i is (i,): the test versions below answer row i from their i-th probabilities."""
-    return [(index,) for index in range(count)]
+def rows(count: int) -> np.ndarray:
+    """Row i is [i]: the test versions below answer row i from their i-th probabilities."""
+    return np.arange(count).reshape(count, 1)
 
 
 STUCK = float("inf")  # a call that never answers (until the consumer is stopped)
@@ -74,7 +73,7 @@ class Version:
         self.script = list(script or [])
         self.calls: list[tuple[str, str, int]] = []  # (model, target, rows)
 
-    async def __call__(self, spec: ModelSpec, target: str, rows: list[Row]) -> Predictions:
+    async def __call__(self, spec: ModelSpec, target: str, rows: np.ndarray) -> Predictions:
         self.calls.append((spec.name, target, len(rows)))
         step = self.script.pop(0) if self.script else None
         if isinstance(step, BaseException):

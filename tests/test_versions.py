@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from tabserve.catalog import MODELS
 from tabserve.loaded_models import LoadedModels
+from tabserve.model_input import from_rows, versioned
 from tests.data import instances
 from tests.model_versions import VersionStore
 from tests.oip_tensors import infer_inputs
@@ -94,7 +95,10 @@ def test_a_batch_mixing_versions_scores_each_row_with_its_own(version_store: Ver
     spec = MODELS["churn"]
     rows = [tuple(row.get(f) for f in spec.feature_names) for row in ROWS[:40]]
     versions = [first, second, "gone", second] * 10
-    answer = models.predict_proba("churn", list(zip(versions, rows, strict=True)))
+    batch = np.concatenate(
+        [versioned(v, from_rows(spec, [row])) for v, row in zip(versions, rows, strict=True)]
+    )
+    answer = models.predict_proba("churn", batch)
     for version in (first, second):
         mine = [i for i, v in enumerate(versions) if v == version]
         expected = version_store.expected(version, [ROWS[i] for i in mine])

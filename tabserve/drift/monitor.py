@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 import numpy as np
 
@@ -31,7 +29,7 @@ from tabserve.drift.reference import (
     score_values,
     tokens,
 )
-from tabserve.schemas import ModelInfo, Row
+from tabserve.schemas import ModelInfo
 from tabserve.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -73,30 +71,22 @@ class BinCounter:
             binning = self.binnings[name]
             by_kind[binning.kind].append((pos, binning, self.slices[name].start))
         self._numbers, self._texts, self._categories = by_kind.values()
-        positions = [pos for pos, _, _ in self._numbers]
-        # The numbers of a row in one C call (a tuple even for a single one).
-        self._pick_numbers = (
-            itemgetter(*positions)
-            if len(positions) > 1
-            else lambda row: tuple(row[p] for p in positions)
-        )
+        self._number_positions = [pos for pos, _, _ in self._numbers]
 
-    def counts(
-        self, rows: Sequence[Row], probabilities: np.ndarray, best: np.ndarray
-    ) -> np.ndarray:
-        """`best`: each row's predicted class index."""
-        numbers = np.array(list(map(self._pick_numbers, rows)), np.float64)
-        numbers = numbers.reshape(len(rows), len(self._numbers))  # None -> NaN, bools -> 0/1
+    def counts(self, rows: np.ndarray, probabilities: np.ndarray, best: np.ndarray) -> np.ndarray:
+        """`rows`: the model's input array (tabserve/model_input.py); `best`: each row's
+        predicted class index."""
+        numbers = rows[:, self._number_positions].astype(np.float64)  # None -> NaN, bools -> 0/1
         indices = [
             start + numeric_bins(binning, numbers[:, column])
             for column, (_, binning, start) in enumerate(self._numbers)
         ]
         indices += [
-            start + numeric_bins(binning, tokens([row[pos] for row in rows]))
+            start + numeric_bins(binning, tokens(rows[:, pos].tolist()))
             for pos, binning, start in self._texts
         ]
         indices += [
-            start + category_bins(binning, [row[pos] for row in rows])
+            start + category_bins(binning, rows[:, pos].tolist())
             for pos, binning, start in self._categories
         ]
         score, start = self.binnings[SCORE], self.slices[SCORE].start
@@ -131,20 +121,23 @@ class DriftWindow:
         self._total = np.zeros(self._counter.size, dtype=np.int64)
         self._counted = 0
         self._flush_rows = max(1, min(FLUSH_ROWS, window_rows // BUCKETS))
-        self._pending: list[Row] = []
+        self._pending: list[np.ndarray] = []  # input arrays
+        self._pending_rows = 0
         self._pending_probabilities: list[np.ndarray] = []
         self._pending_best: list[np.ndarray] = []
         self.publish_at = 0.0
 
     @property
     def rows(self) -> int:
-        return self._counted + len(self._pending)
+        return self._counted + self._pending_rows
 
-    def add(self, rows: Sequence[Row], probabilities: np.ndarray, best: np.ndarray) -> None:
-        self._pending.extend(rows)
+    def add(self, rows: np.ndarray, probabilities: np.ndarray, best: np.ndarray) -> None:
+        """`rows`: the model's input array (tabserve/model_input.py)."""
+        self._pending.append(rows)
+        self._pending_rows += len(rows)
         self._pending_probabilities.append(probabilities)
         self._pending_best.append(best)
-        if len(self._pending) >= self._flush_rows:
+        if self._pending_rows >= self._flush_rows:
             self.flush()
 
     def flush(self) -> None:
@@ -153,7 +146,7 @@ class DriftWindow:
         if not self._pending:
             return
         counts = self._counter.counts(
-            self._pending,
+            np.concatenate(self._pending),
             np.concatenate(self._pending_probabilities),
             np.concatenate(self._pending_best),
         )
@@ -165,10 +158,11 @@ class DriftWindow:
             self._buckets.append(_Bucket(np.zeros_like(self._total)))
         bucket = self._buckets[-1]
         bucket.counts += counts
-        bucket.rows += len(self._pending)
+        bucket.rows += self._pending_rows
         self._total += counts
-        self._counted += len(self._pending)
+        self._counted += self._pending_rows
         self._pending, self._pending_probabilities, self._pending_best = [], [], []
+        self._pending_rows = 0
 
     def binnings(self) -> dict[str, Binning]:
         """The reference's binning per feature name, and the score's under reference.SCORE."""
@@ -198,7 +192,7 @@ class DriftMonitor:
         self,
         spec: ModelSpec,
         info: ModelInfo,
-        rows: Sequence[Row],
+        rows: np.ndarray,
         probabilities: np.ndarray,
         best: np.ndarray,
     ) -> None:

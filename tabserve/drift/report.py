@@ -28,6 +28,7 @@ from tabserve.drift.monitor import DriftWindow
 from tabserve.drift.reference import Binning, Reference
 from tabserve.errors import ServingError
 from tabserve.instances import instance_from_text, rows_from_instances
+from tabserve.model_input import from_rows
 from tabserve.settings import get_settings
 
 # The usual PSI reading, as the alert rules use it: < 0.1 stable, 0.1-0.2 shifting, > 0.2 drift.
@@ -117,7 +118,7 @@ def compare(spec: ModelSpec, tag: str, path: Path) -> DriftWindow:
     # A window that never moves: the whole file is the sample.
     window = DriftWindow(spec, reference, window_rows=sys.maxsize)
     for chunk in chunks(records(path, spec.name), get_settings().max_instances):
-        rows = _validated(spec.name, chunk)
+        rows = from_rows(spec, _validated(spec.name, chunk))
         probabilities = model.predict_proba(rows)
         window.add(rows, probabilities, probabilities.argmax(axis=1))
     if not window.rows:

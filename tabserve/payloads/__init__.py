@@ -14,9 +14,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from tabserve import metrics, request_context
 from tabserve.payloads.records import Payload
-from tabserve.schemas import Row
 from tabserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class PayloadLog:
             )
         return cls(settings.payload_log_sample_rate, sinks)
 
-    def offer(self, answer: Predictions, rows: list[Row]) -> None:
+    def offer(self, answer: Predictions, rows: np.ndarray) -> None:
         """On the hot path: a sample of the answered requests goes to every sink's queue."""
         if random.random() >= self._sample_rate:
             return

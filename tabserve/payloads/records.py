@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tabserve.catalog import ModelSpec
-from tabserve.schemas import Row
+from tabserve.model_input import to_rows
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,13 @@ class Payload:
     request_id: str
     protocol: str
     latency_ms: float  # from the request's arrival to its answer
-    rows: list[Row]  # validated rows, in spec.features order
+    rows: np.ndarray  # the model's input array (tabserve/model_input.py)
     labels: list[str]
     probabilities: np.ndarray  # (rows, classes), columns in spec.class_names order
 
     def inputs(self) -> list[dict[str, Any]]:
         names = self.spec.feature_names
-        return [dict(zip(names, row, strict=True)) for row in self.rows]
+        return [dict(zip(names, row, strict=True)) for row in to_rows(self.spec, self.rows)]
 
     def outputs(self) -> list[dict[str, Any]]:
         classes = self.spec.class_names

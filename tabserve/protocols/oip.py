@@ -3,9 +3,11 @@ of a model's features to tensors.
 
 Both transports resolve the model (`DataPlane.spec`), decode their wire format into the neutral
 objects here (`Tensor` from tabserve.protocols.tensors, `InferenceRequest`) inside
-`refusals_counted`, and call `OpenInference`; it maps tensors to the model's rows, validates the
-feature values with the model's own pydantic schema, calls the data plane and maps the answer
-back to tensors. No transport touches a schema or calls the data plane's prediction itself.
+`refusals_counted`, and call `OpenInference`; it maps tensors to the model's feature columns,
+checks them vectorised with the rules of the model's schema (tabserve/columns.py; a request that
+fails goes through the schema itself, for its messages), calls the data plane with the model's
+input array and maps the answer back to tensors. No transport touches a schema or calls the data
+plane's prediction itself.
 
 How a model's features map to tensors (docs/protocols.md has the full table):
 * one input tensor per feature, named after it, shape [N] or [N, 1] (one value per row);
@@ -32,9 +34,11 @@ import numpy as np
 
 from tabserve import __version__, metrics
 from tabserve.catalog import ModelSpec
+from tabserve.columns import checked_array
 from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.features import Feature, Kind
 from tabserve.instances import refusals_counted, rows_from_body
+from tabserve.model_input import from_rows
 from tabserve.protocols.tensors import (
     FLOAT_TYPES,
     INTEGER_TYPES,
@@ -123,6 +127,7 @@ class OpenInference:
     def __init__(self, plane: DataPlane, settings: Settings) -> None:
         self.plane = plane
         self._max_rows = settings.max_instances
+        self._max_text_chars = settings.max_text_chars
 
     @staticmethod
     def server_metadata() -> ServerMetadata:
@@ -169,16 +174,22 @@ class OpenInference:
         spec = request.spec
         version = request.model_version
         await self.plane.model_info(spec, version)  # an unknown version: 404 before decoding
+        wanted = request.outputs or list(OUTPUT_NAMES)
         with refusals_counted(spec.name):
             _check_outputs(spec, request.outputs)
-            rows = _rows(spec, request.inputs, self._max_rows)
-        wanted = request.outputs or list(OUTPUT_NAMES)
+            columns = _feature_columns(spec, request.inputs, self._max_rows)
+            # Explanations take rows (few, capped); predictions the model's array, built from
+            # the columns directly.
+            if CONTRIBUTIONS_OUTPUT in wanted:
+                rows = _rows(spec, columns)
+            else:
+                features = _features(spec, columns, self._max_text_chars)
         answer: Predictions
         if CONTRIBUTIONS_OUTPUT in wanted:
             answer = explained = await self.plane.explain(spec, rows, version)
             outputs = {**_output_tensors(explained), **_contributions(explained)}
         else:
-            answer = await self.plane.predict(spec, rows, version)
+            answer = await self.plane.predict(spec, features, version)
             outputs = _output_tensors(answer)
         return InferenceResponse(
             model_name=spec.name,
@@ -196,16 +207,44 @@ def _check_outputs(spec: ModelSpec, requested: list[str]) -> None:
             )
 
 
-def _rows(spec: ModelSpec, tensors: list[Tensor], max_rows: int) -> list[Row]:
-    """Input tensors -> rows in the spec's feature order, validated by the model's schema."""
+@dataclass(frozen=True)
+class FeatureColumns:
+    """A request's input tensors as feature values: the batch size, and per feature sent its
+    values (numeric tensors as they came, BYTES decoded into an object array of str)."""
+
+    rows: int
+    values: dict[str, np.ndarray]
+
+
+def _feature_columns(spec: ModelSpec, tensors: list[Tensor], max_rows: int) -> FeatureColumns:
+    """Input tensors -> feature columns; the tensors' names, shapes and datatypes checked."""
     by_name = _tensors_by_feature(spec, tensors)
     batch = _batch_size(by_name, max_rows)
-    columns = {
-        feature.name: _column(feature, by_name[feature.name])
+    values = {
+        feature.name: _column_values(feature, by_name[feature.name])
         for feature in spec.features
         if feature.name in by_name
     }
-    instances = [{name: column[row] for name, column in columns.items()} for row in range(batch)]
+    return FeatureColumns(batch, values)
+
+
+def _features(spec: ModelSpec, columns: FeatureColumns, max_text_chars: int) -> np.ndarray:
+    """The columns checked vectorised (tabserve/columns.py) into the model's input array; a
+    request failing a check goes the row path, whose schema names each bad value."""
+    features = checked_array(spec, columns.values, columns.rows, max_text_chars)
+    return from_rows(spec, _rows(spec, columns)) if features is None else features
+
+
+def _rows(spec: ModelSpec, columns: FeatureColumns) -> list[Row]:
+    """Feature columns -> rows in the spec's feature order, validated by the model's schema."""
+    json_columns = {
+        feature.name: _json_values(feature, columns.values[feature.name])
+        for feature in spec.features
+        if feature.name in columns.values
+    }
+    instances = [
+        {name: column[row] for name, column in json_columns.items()} for row in range(columns.rows)
+    ]
     return rows_from_body(spec.name, {"instances": instances}, locate=_tensor_issue)
 
 
@@ -246,8 +285,8 @@ def _batch_size(by_name: dict[str, Tensor], limit: int) -> int:
     return batch
 
 
-def _column(feature: Feature, tensor: Tensor) -> list[Any]:
-    """A tensor's elements as the JSON-like values the model's schema validates."""
+def _column_values(feature: Feature, tensor: Tensor) -> np.ndarray:
+    """A tensor's elements, its datatype checked against the feature's kind."""
     accepted = _ACCEPTED_TYPES[feature.kind]
     if tensor.datatype not in accepted:
         raise InvalidTensor(
@@ -255,11 +294,17 @@ def _column(feature: Feature, tensor: Tensor) -> list[Any]:
             f"takes {DECLARED_TYPES[feature.kind]} (or {', '.join(sorted(accepted))})"
         )
     if tensor.datatype == "BYTES":
-        return [_text(feature.name, row, value) for row, value in enumerate(tensor.data)]
-    values = tensor.data.tolist()
-    if tensor.datatype in FLOAT_TYPES:
-        return [_from_float(feature, value) for value in values]
-    return values
+        texts = [_text(feature.name, row, value) for row, value in enumerate(tensor.data)]
+        return np.array(texts, dtype=object)
+    return tensor.data
+
+
+def _json_values(feature: Feature, values: np.ndarray) -> list[Any]:
+    """A column's elements as the JSON-like values the model's schema validates."""
+    elements = values.tolist()
+    if values.dtype.kind == "f":
+        return [_from_float(feature, value) for value in elements]
+    return elements
 
 
 def _text(name: str, row: int, value: bytes) -> str:

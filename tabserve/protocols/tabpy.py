@@ -37,6 +37,7 @@ from tabserve.instances import (
     refusals_counted,
     rows_from_body,
 )
+from tabserve.model_input import from_rows
 from tabserve.protocols.http import dataplane, error_route, read_json_body
 from tabserve.schemas import ErrorDetail, Row
 from tabserve.settings import get_settings
@@ -297,7 +298,7 @@ async def query(name: str, request: Request, plane: Plane) -> dict[str, Any]:
         else:
             columns = {feature: _as_column(column) for feature, column in body.data.items()}
         rows = _rows(target, columns)
-    scores = await plane.predict(target.spec, rows)
+    scores = await plane.predict(target.spec, from_rows(target.spec, rows))
     return {
         "response": target.answer(scores),
         "version": _ENDPOINT_VERSION,
@@ -319,4 +320,4 @@ async def evaluate(request: Request, plane: Plane) -> list[Any]:
     target = ENDPOINTS[name]
     with refusals_counted(target.spec.name):
         rows = _rows(target, _positional(target, _script_columns(target, names, body.data)))
-    return target.answer(await plane.predict(target.spec, rows))
+    return target.answer(await plane.predict(target.spec, from_rows(target.spec, rows)))

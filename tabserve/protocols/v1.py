@@ -27,6 +27,7 @@ from tabserve.dataplane import DataPlane, Explained, Predictions
 from tabserve.errors import InvalidInput, UriTooLong
 from tabserve.instances import instance_from_text, refusals_counted, rows_from_body
 from tabserve.large_bodies import in_turns, row_slices, rows_from_json
+from tabserve.model_input import from_rows
 from tabserve.protocols.http import dataplane, read_json_body
 from tabserve.schemas import ErrorDetail, ErrorResponse, Row, request_model
 from tabserve.settings import get_settings
@@ -203,8 +204,8 @@ async def _rows(spec: ModelSpec, request: Request) -> list[Row]:
 
 def _predict_endpoint(spec: ModelSpec, versioned: bool) -> Callable[..., Awaitable[Response]]:
     async def predict(request: Request, plane: Plane) -> Response:
-        scores = await plane.predict(spec, await _rows(spec, request), _version(request))
-        return await _answer(scores)
+        features = from_rows(spec, await _rows(spec, request))
+        return await _answer(await plane.predict(spec, features, _version(request)))
 
     predict.__name__ = f"predict_{spec.name}{'_version' if versioned else ''}"
     return predict
@@ -299,7 +300,7 @@ async def predict_from_query(model_name: str, request: Request, plane: Plane) ->
         raise UriTooLong.at("query", f"{size} bytes; the limit is {limit} (send a POST body)")
     with refusals_counted(spec.name):
         rows = rows_from_body(spec.name, {"instances": [_query_instance(spec, request)]})
-    return await _answer(await plane.predict(spec, rows))
+    return await _answer(await plane.predict(spec, from_rows(spec, rows)))
 
 
 def _query_instance(spec: ModelSpec, request: Request) -> dict[str, Any]:
