@@ -9,6 +9,8 @@ the routes (app state) and to the gRPC server.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,9 +42,16 @@ from tabserve.schemas import ModelInfo, RepositoryAnswer, Row
 from tabserve.settings import Settings
 from tabserve.shadow import ShadowScorer
 
-# How long a readiness answer is reused: probes, the gRPC health loop and clients all ask, and the
+# How long a readiness answer is reused: probes, gRPC health checks and clients all ask, and the
 # runner is asked at most once per interval per API worker.
 READY_RECHECK_S = 1.0
+# How often an API worker re-reads the runner's models when nobody asks (no probe, no gRPC health
+# check): a restarted runner (a newer `latest`), another worker's repository calls or a runner that
+# stopped answering reach this worker's routes within it. Not every second: idle, that read was
+# half the CPU of the served tree (docs/performance.md, "Where a lone request's CPU goes").
+RUNNER_REFRESH_S = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 def runner_api_name(model_name: str) -> str:
@@ -136,6 +145,7 @@ class DataPlane:
         self._merged_calls: dict[tuple[str, bool], MergedCalls] = {}
         self._ready = False
         self._recheck_ready_at = 0.0
+        self._refresher: asyncio.Task[None] | None = None
         self._drift = DriftMonitor(settings)
         # None unless settings.shadow names a model: then a sample of its requests is also
         # scored by a second version, after the answer (tabserve/shadow.py).
@@ -146,13 +156,17 @@ class DataPlane:
         )
 
     async def start(self) -> None:
-        """The background parts of this worker: payload sinks, the shadow scorer."""
+        """The background parts of this worker: payload sinks, the shadow scorer, the refresh
+        of the runner's models."""
+        self._refresher = asyncio.create_task(self._refresh_runner_view())
         if self._payload_log is not None:
             await self._payload_log.start()
         if self._shadow is not None:
             await self._shadow.start()
 
     async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._shadow is not None:
             await self._shadow.stop()
         if self._payload_log is not None:
@@ -177,6 +191,14 @@ class DataPlane:
         if asked > self._describe_applied:
             self._describe_applied = asked
             self._infos = ModelVersions.from_described(described)
+
+    async def _refresh_runner_view(self) -> None:
+        while True:  # until stop() cancels it
+            await asyncio.sleep(RUNNER_REFRESH_S)
+            try:
+                await self.ready()
+            except Exception:  # a bug: logged, and the next refresh tries again
+                logger.exception("refreshing the runner's models failed")
 
     async def ready(self) -> bool:
         """Every model of the catalog loaded in a runner that answered lately.

@@ -14,6 +14,7 @@ the DataPlane does not know where models run.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -21,7 +22,15 @@ from typing import Any
 
 from tabserve.dataplane import explainer_api_name, runner_api_name
 from tabserve.loaded_models import LoadedModels
-from tabserve.schemas import RepositoryAnswer
+from tabserve.schemas import RepositoryAnswer, VersionedRow
+
+# A prediction of at most LOOP_MAX_ROWS rows, of a model whose last such call took at most
+# LOOP_CALL_MAX_S of CPU, runs on the event loop: the hop to a thread and back costs ~0.12 ms of
+# CPU, a fifth of a one-row XGBoost call. Not a row count alone: a scikit-learn pipeline costs
+# 3-18 ms per call whatever its rows (docs/performance.md), too long to stall the loop for. A
+# one-row churn call costs 0.5-0.8 ms, more on a busy machine: 2 ms keeps it on the loop.
+LOOP_MAX_ROWS = 16
+LOOP_CALL_MAX_S = 0.002
 
 
 class InlineRunner:
@@ -35,8 +44,10 @@ class InlineRunner:
         )
         # A repository call (a load takes seconds) has its own thread: predictions never wait.
         self._repository = ThreadPoolExecutor(1, thread_name_prefix="inline-repository")
+        # CPU seconds of each model's last call of at most LOOP_MAX_ROWS rows; unknown at first.
+        self._small_call_s = dict.fromkeys(models.loaded, float("inf"))
         for name in models.loaded:
-            setattr(self, runner_api_name(name), partial(self._call, models.predict_proba, name))
+            setattr(self, runner_api_name(name), partial(self._predict, name))
             setattr(self, explainer_api_name(name), partial(self._explain, name))
 
     async def describe(self) -> list[dict[str, Any]]:
@@ -50,6 +61,20 @@ class InlineRunner:
 
     async def set_alias(self, model_name: str, alias: str, version: str | None) -> RepositoryAnswer:
         return await self._change(self._models.set_alias, model_name, alias, version)
+
+    async def _predict(self, model_name: str, rows: list[VersionedRow]) -> Any:
+        if len(rows) > LOOP_MAX_ROWS:
+            return await self._call(self._models.predict_proba, model_name, rows)
+        if self._small_call_s[model_name] <= LOOP_CALL_MAX_S:
+            return self._timed_predict(model_name, rows)
+        return await self._call(self._timed_predict, model_name, rows)
+
+    def _timed_predict(self, model_name: str, rows: list[VersionedRow]) -> Any:
+        started = time.thread_time()  # the call's own CPU, not the machine's contention
+        try:
+            return self._models.predict_proba(model_name, rows)
+        finally:
+            self._small_call_s[model_name] = time.thread_time() - started
 
     async def _explain(self, model_name: str, rows: list[Any], version: str) -> dict[str, Any]:
         return await self._call(self._models.explain, model_name, version, rows)

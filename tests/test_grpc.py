@@ -31,6 +31,7 @@ from tritonclient.utils import InferenceServerException
 
 from devtools.local_process import free_port
 from tabserve.catalog import MODELS
+from tabserve.dataplane import RUNNER_REFRESH_S
 from tests.data import instances
 from tests.oip_tensors import (
     assert_same_answers,
@@ -39,6 +40,7 @@ from tests.oip_tensors import (
     v1_answers,
 )
 from tests.server import PROJECT, ServerProcess
+from tests.test_metrics import scrape, total
 
 TOKEN = "grpc-test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -96,6 +98,27 @@ def test_health_check_serves_the_whole_server_and_the_inference_service(served: 
     with pytest.raises(grpc.RpcError) as raised:
         stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_watch_streams_the_readiness(served: Served) -> None:
+    stub = health_pb2_grpc.HealthStub(served.channel)
+    stream = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    stream.cancel()
+
+
+def test_idle_the_runner_is_asked_for_its_models_only_now_and_then(served: Served) -> None:
+    """With no traffic and no client checking health, the API re-reads the runner's models every
+    RUNNER_REFRESH_S (a health loop asked every second: half the idle CPU of the served tree)."""
+
+    def runner_describes() -> float:
+        samples = scrape(served.http)
+        return total(samples, "bentoml_service_request_total", endpoint="/describe")
+
+    window_s = 6.0
+    before = runner_describes()
+    time.sleep(window_s)
+    assert runner_describes() - before <= window_s // RUNNER_REFRESH_S + 1
 
 
 def test_reflection_lists_and_describes_the_services(served: Served) -> None:

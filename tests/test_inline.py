@@ -6,8 +6,10 @@ protocol, and still merge concurrent requests for a model into shared model call
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,7 +18,8 @@ import tritonclient.grpc as tc
 from bentoml._internal.models.model import ModelStore
 
 from tabserve.catalog import MODELS
-from tabserve.inline import InlineRunner
+from tabserve.dataplane import runner_api_name
+from tabserve.inline import LOOP_MAX_ROWS, InlineRunner
 from tabserve.loaded_models import LoadedModels
 from tabserve.model_input import from_rows, versioned
 from tests.data import expected_probabilities, instances
@@ -160,3 +163,47 @@ def test_repository_calls_change_the_inline_models(version_store: VersionStore) 
         assert refused["status"] == 409 and "champion" in refused["error"]
 
     asyncio.run(scenario())
+
+
+class _ThreadRecordingModels(LoadedModels):
+    """The real models, noting the thread each prediction ran on."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            {name: MODELS[name] for name in ("churn", "admission")},
+            lambda name: [f"{name}:latest"],
+            {},
+            threads=1,
+            unload_grace_s=0,
+        )
+        self.threads: list[int] = []
+
+    def predict_proba(self, model_name: str, rows: list) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        return super().predict_proba(model_name, rows)
+
+
+def test_small_calls_of_a_cheap_model_run_on_the_event_loop(trained_store: Path) -> None:
+    """In-process: a few rows of a model whose calls cost under LOOP_CALL_MAX_S skip the hop to a
+    thread; a model of unknown or higher cost, and a call of many rows, still go to a thread."""
+    models = _ThreadRecordingModels()
+    runner = InlineRunner(models, calls_in_flight=1)
+
+    def rows(model_name: str, count: int) -> list:
+        version = models.aliases[model_name]["champion"]
+        names = MODELS[model_name].feature_names
+        return [(version, tuple(row.get(f) for f in names)) for row in instances(model_name, count)]
+
+    async def scenario() -> list[str]:
+        loop_thread = threading.get_ident()
+        calls = [
+            *[("churn", 1)] * 3,  # its cost is not known at first, and a first call costs more
+            ("churn", LOOP_MAX_ROWS + 1),
+            *[("admission", 1)] * 3,  # a scikit-learn pipeline: milliseconds per call
+        ]
+        for model_name, count in calls:
+            await getattr(runner, runner_api_name(model_name))(rows(model_name, count))
+        return ["loop" if t == loop_thread else "thread" for t in models.threads]
+
+    where = asyncio.run(scenario())
+    assert (where[0], where[2], where[3], where[4:]) == ("thread", "loop", "thread", ["thread"] * 3)

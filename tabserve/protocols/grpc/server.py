@@ -8,10 +8,11 @@ socket does for HTTP. The price: a second tabserve started on the same host and 
 user shares the port instead of failing, so give each its own `TABSERVE_GRPC_PORT`. A port that
 cannot be bound at all (taken by another program, or privileged) fails the worker's start-up.
 
-The health service follows readiness (every model loaded in a runner that answers, checked
-every HEALTH_RECHECK_S): NOT_SERVING until then, SERVING, NOT_SERVING again while the runner
-stops answering and once shutdown begins. Inference RPCs share the worker's admission limit
-with HTTP (tabserve/admission.py): the excess is refused at once with RESOURCE_EXHAUSTED.
+The health service follows readiness (every model loaded in a runner that answers; read when a
+client checks or watches, readiness_health.py): NOT_SERVING until then, SERVING, NOT_SERVING
+again while the runner stops answering and once shutdown begins. Inference RPCs share the
+worker's admission limit with HTTP (tabserve/admission.py): the excess is refused at once with
+RESOURCE_EXHAUSTED.
 
 Connections older than `grpc_max_connection_age_s` get a graceful GOAWAY, so clients reconnect
 through the Kubernetes Service: onto pods added since, and off a terminating pod before its
@@ -35,12 +36,13 @@ import bentoml
 import grpc
 from bentoml.exceptions import BentoMLException
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tabserve import admission, metrics
 from tabserve.auth import token_is_valid
 from tabserve.protocols.grpc import inference_pb2_grpc
+from tabserve.protocols.grpc.readiness_health import ReadinessHealth
 from tabserve.protocols.grpc.servicer import SERVICE_NAME, InferenceServicer, refuse
 from tabserve.protocols.oip import OpenInference
 from tabserve.settings import Settings
@@ -50,7 +52,6 @@ logger = logging.getLogger(__name__)
 # Time in-flight calls get to finish once shutdown starts.
 SHUTDOWN_GRACE_S = 5.0
 POLL_S = 0.2
-HEALTH_RECHECK_S = 1.0
 # RPCs a prober or load balancer may call without a token.
 OPEN_METHODS = frozenset({f"/{SERVICE_NAME}/ServerLive", f"/{SERVICE_NAME}/ServerReady"})
 
@@ -155,7 +156,6 @@ async def _refuse_unauthenticated(unread: Any, context: grpc.aio.ServicerContext
 
 class GrpcServer:
     def __init__(self, protocol: OpenInference, settings: Settings) -> None:
-        self._protocol = protocol
         self._address = f"{settings.grpc_host}:{settings.grpc_port}"
         self._server = grpc.aio.server(
             # Room for four of the largest messages per worker, each parsed at up to ~5x its size.
@@ -167,7 +167,7 @@ class GrpcServer:
                 *_connection_age_options(settings.grpc_max_connection_age_s),
             ],
         )
-        self._health = health.aio.HealthServicer()
+        self._health = ReadinessHealth(protocol.server_ready)
         self._serving: asyncio.Task[None] | None = None
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(protocol, settings.max_keys_per_instance), self._server
@@ -184,7 +184,6 @@ class GrpcServer:
             self._server.add_insecure_port(self._address)
         except RuntimeError as error:
             raise RuntimeError(f"gRPC server cannot listen on {self._address}: {error}") from None
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._serving = asyncio.create_task(self._serve())
         self._serving.add_done_callback(_log_failure)
 
@@ -193,7 +192,7 @@ class GrpcServer:
             self._serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._serving
-        await self._health.enter_graceful_shutdown()
+        await self._health.stop()
         await self._server.stop(SHUTDOWN_GRACE_S)
 
     async def _serve(self) -> None:
@@ -203,20 +202,6 @@ class GrpcServer:
             await asyncio.sleep(POLL_S)
         await self._server.start()
         logger.info("gRPC (Open Inference Protocol) listening on %s", self._address)
-        serving = False
-        while True:  # until stop() cancels it
-            if await self._protocol.server_ready() != serving:
-                serving = not serving
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if serving
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-            await asyncio.sleep(HEALTH_RECHECK_S)
-
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for service in ("", SERVICE_NAME):  # "": the whole server, as probes ask
-            await self._health.set(service, status)
 
 
 def _connection_age_options(max_age_s: float) -> list[tuple[str, int]]:
