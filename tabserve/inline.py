@@ -20,9 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from tabserve.dataplane import explainer_api_name, runner_api_name
 from tabserve.loaded_models import LoadedModels
-from tabserve.schemas import RepositoryAnswer, VersionedRow
+from tabserve.schemas import RepositoryAnswer
 
 # A prediction of at most LOOP_MAX_ROWS rows, of a model whose last such call took at most
 # LOOP_CALL_MAX_S of CPU, runs on the event loop: the hop to a thread and back costs ~0.12 ms of
@@ -62,17 +64,17 @@ class InlineRunner:
     async def set_alias(self, model_name: str, alias: str, version: str | None) -> RepositoryAnswer:
         return await self._change(self._models.set_alias, model_name, alias, version)
 
-    async def _predict(self, model_name: str, rows: list[VersionedRow]) -> Any:
-        if len(rows) > LOOP_MAX_ROWS:
-            return await self._call(self._models.predict_proba, model_name, rows)
+    async def _predict(self, model_name: str, batch: np.ndarray) -> Any:
+        if len(batch) > LOOP_MAX_ROWS:
+            return await self._call(self._models.predict_proba, model_name, batch)
         if self._small_call_s[model_name] <= LOOP_CALL_MAX_S:
-            return self._timed_predict(model_name, rows)
-        return await self._call(self._timed_predict, model_name, rows)
+            return self._timed_predict(model_name, batch)
+        return await self._call(self._timed_predict, model_name, batch)
 
-    def _timed_predict(self, model_name: str, rows: list[VersionedRow]) -> Any:
+    def _timed_predict(self, model_name: str, batch: np.ndarray) -> Any:
         started = time.thread_time()  # the call's own CPU, not the machine's contention
         try:
-            return self._models.predict_proba(model_name, rows)
+            return self._models.predict_proba(model_name, batch)
         finally:
             self._small_call_s[model_name] = time.thread_time() - started
 
