@@ -20,6 +20,7 @@ from bentoml._internal.models.model import ModelStore
 from tabserve.catalog import MODELS
 from tabserve.dataplane import runner_api_name
 from tabserve.inline import LOOP_MAX_ROWS, InlineRunner
+from tabserve.instances import rows_from_instances
 from tabserve.loaded_models import LoadedModels
 from tabserve.model_input import from_rows, versioned
 from tests.data import expected_probabilities, instances
@@ -178,9 +179,9 @@ class _ThreadRecordingModels(LoadedModels):
         )
         self.threads: list[int] = []
 
-    def predict_proba(self, model_name: str, rows: list) -> np.ndarray:
+    def predict_proba(self, model_name: str, batch: np.ndarray) -> np.ndarray:
         self.threads.append(threading.get_ident())
-        return super().predict_proba(model_name, rows)
+        return super().predict_proba(model_name, batch)
 
 
 def test_small_calls_of_a_cheap_model_run_on_the_event_loop(trained_store: Path) -> None:
@@ -189,10 +190,12 @@ def test_small_calls_of_a_cheap_model_run_on_the_event_loop(trained_store: Path)
     models = _ThreadRecordingModels()
     runner = InlineRunner(models, calls_in_flight=1)
 
-    def rows(model_name: str, count: int) -> list:
+    def rows(model_name: str, count: int) -> np.ndarray:
         version = models.aliases[model_name]["champion"]
-        names = MODELS[model_name].feature_names
-        return [(version, tuple(row.get(f) for f in names)) for row in instances(model_name, count)]
+        spec = MODELS[model_name]
+        return versioned(
+            version, from_rows(spec, rows_from_instances(model_name, instances(model_name, count)))
+        )
 
     async def scenario() -> list[str]:
         loop_thread = threading.get_ident()

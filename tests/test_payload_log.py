@@ -266,8 +266,13 @@ def test_tabpy_rows_are_logged(logged: Logged) -> None:
 def test_a_request_without_an_id_gets_one(logged: Logged) -> None:
     before = {record["request_id"] for record in logged.records()}
     logged.predict("iris", instances("iris", 1))
-    logged.wait_for(lambda: len(logged.records()) > len(before), "the record")
-    (new,) = [r for r in logged.records() if r["request_id"] not in before]
+    # Waits for a record with an id not seen before: earlier requests logged several records
+    # under one id, so counting records against ids would stop waiting too soon.
+    def new_records() -> list[dict]:
+        return [r for r in logged.records() if r["request_id"] not in before]
+
+    logged.wait_for(lambda: len(new_records()) > 0, "the record")
+    (new,) = new_records()
     assert re.fullmatch("[0-9a-f]{32}", new["request_id"])  # a new random id
 
 
