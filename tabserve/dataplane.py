@@ -186,8 +186,12 @@ class DataPlane:
         # later question wins, so a slow readiness answer never brings back old aliases.
         self._describes_asked += 1
         asked = self._describes_asked
+        # Retried like a prediction: the refresh and the probes come every 5 s, the runner's
+        # server closes a connection idle for 5 s, so a describe often meets one it is closing.
         with runner_faults_unavailable(self._timeout_s):
-            described = await within_deadline(self._runner.describe(), self._timeout_s)
+            described = await within_deadline(
+                call_with_retries(self._runner.describe), self._timeout_s
+            )
         if asked > self._describe_applied:
             self._describe_applied = asked
             self._infos = ModelVersions.from_described(described)
