@@ -60,6 +60,7 @@ AUTH = "--set auth.enabled=true --set auth.existingSecret=tabserve-api-token"
 JUDGED = ("error-ratio", "latency-p99", "rejection-ratio")
 SCRAPE_INTERVAL_S = 5  # scripts/cluster/config/prometheus.yml
 PREDICTIONS = 60
+IRIS_ROUTE = "/v1/models/iris:predict"  # its metrics label too: a model's name is a bounded value
 
 
 class Release(NamedTuple):
@@ -190,10 +191,10 @@ def test_repository_api_through_the_service_and_on_one_pod(release: Release) -> 
     assert answer.json()["model"] == f"churn:{version}", answer.json()
 
 
-def _served(pod: str) -> float:
-    result = prometheus_query(
-        f'sum(tabserve_requests_total{{namespace="{NAMESPACE}", pod="{pod}"}})'
-    )
+def _iris_predictions(pod: str) -> float:
+    """Iris predictions `pod` answered, as Prometheus last scraped them."""
+    labels = f'namespace="{NAMESPACE}", pod="{pod}", route="{IRIS_ROUTE}"'
+    result = prometheus_query(f"sum(tabserve_requests_total{{{labels}}})")
     return float(result[0]["value"][1]) if result else 0.0
 
 
@@ -224,14 +225,20 @@ def filled_queries(pod: dict[str, Any]) -> dict[str, str]:
 def test_analysis_queries_give_a_value_for_the_releases_pod(release: Release) -> None:
     pod = serving_pod()
     name = pod["metadata"]["name"]
-    before = _served(name)
+    before = _iris_predictions(name)
     body = {"instances": [MODELS["iris"].example_instance()]}
     with httpx.Client(base_url=release.url, headers=release.auth, timeout=30) as client:
+        # The pod's first iris prediction starts its series, and rate() counts a series from its
+        # first scrape: predictions all made before that scrape (60 take ~3.5 s, a scrape comes
+        # every 5 s) would count for nothing and every query give NaN (seen in CI). So the rest
+        # come once Prometheus has the series.
+        assert client.post(IRIS_ROUTE, json=body).status_code == 200
+        wait_until("Prometheus scrapes it", lambda: _iris_predictions(name) > before, timeout=60)
         for _ in range(PREDICTIONS):
-            assert client.post("/v1/models/iris:predict", json=body).status_code == 200
+            assert client.post(IRIS_ROUTE, json=body).status_code == 200
             time.sleep(0.05)
-    wait_until("Prometheus scrapes the predictions", lambda: _served(name) >= before + PREDICTIONS,
-               timeout=60)  # fmt: skip
+    wait_until("Prometheus scrapes the predictions",
+               lambda: _iris_predictions(name) > before + PREDICTIONS, timeout=60)  # fmt: skip
     time.sleep(SCRAPE_INTERVAL_S + 1)  # one more scrape: rate() sees the last requests
     queries = filled_queries(pod)
     assert sorted(queries) == sorted(f"{tool} {a}" for tool in ("argo", "flagger") for a in JUDGED)
