@@ -347,7 +347,9 @@ class DataPlane:
         api = getattr(self._runner, api_name)
         timeout_s = self._repository_timeout_s
         with runner_faults_unavailable(timeout_s):
-            answer: RepositoryAnswer = await within_deadline(api(model_name, *args), timeout_s)
+            answer: RepositoryAnswer = await within_deadline(
+                call_with_retries(api, model_name, *args), timeout_s
+            )
         if answer["status"] != HTTPStatus.OK:
             raise repository_refusal(answer["status"], answer["error"])
         await self._describe()

@@ -57,7 +57,11 @@ async def call_with_retries(api: Callable[..., Awaitable[Any]], *args: Any, **kw
     BentoML's API->runner client keeps idle connections for 15 s, the runner's server closes
     them after 5 s, so a request can be written into a connection the runner is closing
     ("Broken pipe", bentoml/BentoML#4971). The broken connection leaves the pool; the next
-    attempt takes another. Prediction has no side effects, so retrying is safe.
+    attempt takes another. Retrying is safe for every runner API: predictions and `describe`
+    change nothing, and a repository call asks for a state (a version loaded or unloaded, an
+    alias on a version) that a second attempt asks for again. If the runner did act on an
+    attempt whose connection broke later (it died mid-answer and restarted), the retry meets the
+    restarted runner, or an unload finds the version already gone and answers 404.
     """
     for _ in range(CONNECTION_RETRIES):
         try:
