@@ -266,6 +266,7 @@ def test_tabpy_rows_are_logged(logged: Logged) -> None:
 def test_a_request_without_an_id_gets_one(logged: Logged) -> None:
     before = {record["request_id"] for record in logged.records()}
     logged.predict("iris", instances("iris", 1))
+
     # Waits for a record with an id not seen before: earlier requests logged several records
     # under one id, so counting records against ids would stop waiting too soon.
     def new_records() -> list[dict]:
