@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import tritonclient.grpc as grpcclient
+
+from tabserve.catalog import MODELS
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPTS = PROJECT / "scripts" / "cluster"
@@ -95,6 +98,22 @@ def prometheus_query(expr: str) -> list[dict[str, Any]]:
     answer = httpx.get(f"{PROMETHEUS_URL}/api/v1/query", params={"query": expr}, timeout=10)
     answer.raise_for_status()
     return answer.json()["data"]["result"]
+
+
+def answers_every_model(url: str) -> None:
+    """A prediction of every model over REST, and gRPC's readiness of each, through `url` (a
+    Service's HTTP address; its gRPC port is 8001)."""
+    for name, spec in MODELS.items():
+        answer = httpx.post(
+            f"{url}/v1/models/{name}:predict",
+            json={"instances": [spec.example_instance()]},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"][0]["label"] in spec.class_names
+    client = grpcclient.InferenceServerClient(url.removeprefix("http://")[:-4] + "8001")
+    assert client.is_server_ready()
+    assert all(client.is_model_ready(name) for name in MODELS)
 
 
 def ready_pods(namespace: str, selector: str) -> list[str]:

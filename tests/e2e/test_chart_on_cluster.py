@@ -29,6 +29,7 @@ from tests.e2e.cluster import (
     PROJECT,
     SELECTOR,
     STATE,
+    answers_every_model,
     install_command,
     kubectl_json,
     locust,
@@ -79,17 +80,7 @@ def test_helm_test_passes(service: str) -> None:
 
 
 def test_service_answers_rest_and_grpc_from_the_host(service: str) -> None:
-    for name, spec in MODELS.items():
-        answer = httpx.post(
-            f"{service}/v1/models/{name}:predict",
-            json={"instances": [spec.example_instance()]},
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"][0]["label"] in spec.class_names
-    client = grpcclient.InferenceServerClient(service.removeprefix("http://")[:-4] + "8001")
-    assert client.is_server_ready()
-    assert all(client.is_model_ready(name) for name in MODELS)
+    answers_every_model(service)
     # The metrics have a port of their own; the prediction port keeps no /metrics.
     assert httpx.get(f"{service}/metrics", timeout=10).status_code == 404
     assert httpx.get(f"{service[:-4]}8002/metrics", timeout=10).status_code == 200
