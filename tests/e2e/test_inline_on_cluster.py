@@ -1,7 +1,8 @@
 """Inline mode on the real cluster, as docs/deploy.md (section 3) turns it on: a release in the
 default split (an API worker and a model runner per pod) switched to inline mode (the models in
 the API worker, no runner process) under load drops no request, its new pods run no runner, and
-they answer every protocol and the chart's `helm test`, and Prometheus has their model calls.
+they answer every protocol and the chart's `helm test`, and Prometheus has their models and
+model calls.
 
 One release of one pod (autoscaling may add more under the load); the tests run in file order.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tabserve.catalog import MODELS
 from tests.e2e.cluster import (
     NAMESPACE,
     SELECTOR,
@@ -92,9 +94,12 @@ def test_inline_pods_answer_every_protocol_and_helm_test(release: str) -> None:
     assert "Phase:          Succeeded" in output, output
 
 
-def test_prometheus_scrapes_the_model_calls_of_the_inline_pods(release: str) -> None:
-    """The model-call metrics, recorded in the API worker now, reach Prometheus (the
-    dashboards' Inference row) through the pod's metrics port."""
-    pods = "|".join(ready_pods(NAMESPACE, SELECTOR))
-    calls = f'sum(tabserve_inference_rows_count{{namespace="{NAMESPACE}", pod=~"{pods}"}}) > 0'
+def test_prometheus_has_the_models_and_model_calls_of_the_inline_pods(release: str) -> None:
+    """The model metrics, recorded in the API worker now, reach Prometheus through the pod's
+    metrics port: the dashboards' Inference row has data, and TabserveModelNotLoaded (which
+    watches tabserve_model_loaded) stays quiet."""
+    pods = f'namespace="{NAMESPACE}", pod=~"{"|".join(ready_pods(NAMESPACE, SELECTOR))}"'
+    calls = f"sum(tabserve_inference_rows_count{{{pods}}}) > 0"
     wait_until("Prometheus has their model calls", lambda: prometheus_query(calls), timeout=60)
+    loaded = prometheus_query(f"min by (model) (tabserve_model_loaded{{{pods}}}) == 1")
+    assert {series["metric"]["model"] for series in loaded} == set(MODELS), loaded
