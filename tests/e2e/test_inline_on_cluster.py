@@ -32,7 +32,7 @@ from tests.e2e.cluster import (
 )
 
 ONE_POD = "--set autoscaling.minReplicas=1"
-SWITCH = "helm upgrade --install tabserve helm/tabserve -n ml-serving --reuse-values --set-string"
+SWITCH = "helm upgrade tabserve helm/tabserve -n ml-serving --reuse-values --set-string"
 # Each process's command line, one per line, from inside the pod's container.
 COMMAND_LINES = """
 import pathlib
